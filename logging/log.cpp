@@ -1,5 +1,7 @@
 #include "logging/log.hpp"
 
+#include "logging/journal_sink.hpp"
+
 #include <fmt/chrono.h>
 #include <spdlog/sinks/base_sink.h>
 
@@ -180,10 +182,14 @@ DecodedRecord Decode(std::string_view payload) {
 }
 
 Logger MakeStderrLogger(Format format, spdlog::level::level_enum level) {
-  auto sink = std::make_shared<RenderSink>(
-      format == Format::kJson ? Format::kJson : Format::kText, [](const std::string& line) {
-        std::fwrite(line.data(), 1, line.size(), stderr);
-      });
+  std::shared_ptr<spdlog::sinks::sink> sink;
+  if (format == Format::kJournal) {
+    sink = MakeJournalSink("warpd");
+  } else {
+    sink = std::make_shared<RenderSink>(format, [](const std::string& line) {
+      std::fwrite(line.data(), 1, line.size(), stderr);
+    });
+  }
   auto logger = std::make_shared<spdlog::logger>("warpd", std::move(sink));
   logger->set_level(level);
   logger->flush_on(spdlog::level::trace);

@@ -120,7 +120,7 @@ class Logger {
   std::shared_ptr<spdlog::logger> logger_;
 };
 
-/// A logger writing to stderr in `format` (kJournal needs libsystemd; see journal_sink).
+/// A logger writing to stderr in `format`, or straight to journald for kJournal.
 Logger MakeStderrLogger(Format format, spdlog::level::level_enum level);
 /// A logger that appends rendered lines to `lines` (tests).
 Logger MakeCaptureLogger(std::shared_ptr<std::vector<std::string>> lines, Format format);

@@ -1,1 +1,393 @@
-// placeholder, being written
+#include "scheduler/scheduler.hpp"
+
+#include <algorithm>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <unordered_map>
+
+#include "scheduler/cycle.hpp"
+
+namespace warp::scheduler {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+using logging::Event;
+
+store::RetryPolicy RetryPolicyOf(const config::SchedulerSettings& s) {
+  return store::RetryPolicy{s.retry_backoff, s.retry_backoff_max};
+}
+
+std::vector<Schedule> CompileSchedules(const config::Settings& settings) {
+  std::vector<Schedule> out;
+  out.reserve(settings.schedules.size());
+  for (const auto& s : settings.schedules) out.emplace_back(s);
+  return out;
+}
+
+/// A kind is dispatchable to an agent when its tool profile lists it among its operations.
+bool ProfileAllows(const store::ToolProfile& profile, const std::string& kind) {
+  return std::find(profile.operations.begin(), profile.operations.end(), kind) !=
+         profile.operations.end();
+}
+
+}  // namespace
+
+RunnerSet MakeRunners(const config::Settings& settings, boost::asio::any_io_executor executor,
+                      const logging::Logger& log) {
+  RunnerSet runners;
+  for (const auto& [name, runner] : settings.runners) {
+    runners[name] = MakeRunner(runner, executor, log);
+  }
+  return runners;
+}
+
+Scheduler::Scheduler(boost::asio::any_io_executor executor, store::Store& store,
+                     leasing::LeaseKeeper& lease_keeper, const config::Settings& settings,
+                     RunnerSet runners, logging::Logger log)
+    : executor_(executor),
+      store_(store),
+      lease_keeper_(lease_keeper),
+      daemon_(settings.daemon),
+      settings_(settings.scheduler),
+      leasing_(settings.leasing),
+      schedules_(CompileSchedules(settings)),
+      runners_(std::move(runners)),
+      log_(std::move(log)),
+      tick_timer_(executor),
+      idle_timer_(executor) {}
+
+void Scheduler::Start() {
+  if (ticking_) return;
+  ticking_ = true;
+  boost::asio::co_spawn(executor_, TickLoop(), boost::asio::detached);
+}
+
+void Scheduler::Reconfigure(const config::Settings& settings, RunnerSet runners) {
+  daemon_.shutdown_grace = settings.daemon.shutdown_grace;  // instance and group stay: identity
+  settings_ = settings.scheduler;
+  leasing_ = settings.leasing;
+  schedules_ = CompileSchedules(settings);
+  runners_ = std::move(runners);
+  tick_timer_.cancel();  // the loop recomputes the next slot with the new interval
+}
+
+store::Task<void> Scheduler::TickLoop() {
+  while (ticking_) {
+    store::Duration delay = settings_.interval;
+    try {
+      const auto now = co_await store_.Now();
+      const auto slot = SlotAt(now, settings_.interval);
+      delay = std::chrono::duration_cast<store::Duration>(slot.end - now);
+      if (settings_.jitter.count() > 0) {
+        std::uniform_int_distribution<std::int64_t> pick(0, settings_.jitter.count() - 1);
+        delay += store::Duration(pick(jitter_rng_));
+      }
+    } catch (const std::exception& e) {
+      log_.Error(Event::kStoreError, {}, "cannot read store time: {}; retrying in {}ms", e.what(),
+                 delay.count());
+    }
+    tick_timer_.expires_after(delay);
+    boost::system::error_code ec;
+    co_await tick_timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    if (!ticking_) break;
+    if (ec == boost::asio::error::operation_aborted) continue;  // reconfigured
+    OnTick();
+  }
+}
+
+void Scheduler::OnTick() {
+  if (cycle_running_) {
+    ++overruns_;
+    log_.Warn(Event::kCycleOverrun, {.cycle_id = last_report_.cycle_id},
+              "tick skipped: the previous cycle is still running ({} overrun(s) so far)",
+              overruns_);
+    return;
+  }
+  // Marked before the coroutine starts, so a second tick queued behind this one sees it.
+  cycle_running_ = true;
+  boost::asio::co_spawn(executor_, RunCycle(), boost::asio::detached);
+}
+
+store::Task<CycleReport> Scheduler::RunCycle() {
+  cycle_running_ = true;
+  const auto started = SteadyClock::now();
+  CycleReport report;
+  std::string failure;
+  try {
+    co_await RunCycleUnguarded(report);
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  if (!failure.empty()) {
+    report.outcome = CycleReport::Outcome::kFailed;
+    report.error = failure;
+    log_.Error(Event::kCycleFailed, {.cycle_id = report.cycle_id, .run_id = report.run_id},
+               "cycle {} failed: {}", report.cycle_id, failure);
+    if (report.run_id != 0) {
+      try {
+        co_await store_.FinishRun(report.run_id, store::RunStatus::kFailed, report.counts,
+                                  failure);
+      } catch (const std::exception& e) {
+        // The run stays `running` and is taken over after takeover_after.
+        log_.Warn(Event::kStoreError, {.cycle_id = report.cycle_id, .run_id = report.run_id},
+                  "cannot mark run {} failed: {}", report.run_id, e.what());
+      }
+    }
+  }
+  report.duration =
+      std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - started);
+  if (report.outcome == CycleReport::Outcome::kRan) {
+    const auto& c = report.counts;
+    log_.Info(Event::kCycleCompleted, {.cycle_id = report.cycle_id, .run_id = report.run_id},
+              "cycle {}: due={} dispatched={} deferred={} skipped={} failed={} materialized={} "
+              "requeued={} inflight={} in {}ms{}",
+              report.cycle_id, c.due, c.dispatched, c.deferred, c.skipped, c.failed,
+              c.materialized, c.requeued, inflight_.size(), report.duration.count(),
+              report.took_over ? " (took over an abandoned run)" : "");
+  }
+  last_report_ = report;
+  cycle_running_ = false;
+  if (on_cycle_) on_cycle_(report);
+  NotifyIfIdle();
+  co_return report;
+}
+
+store::Task<CycleReport> Scheduler::RunCycleUnguarded(CycleReport& report) {
+  const auto now = co_await store_.Now();
+  const auto slot = SlotAt(now, settings_.interval);
+  report.cycle_id = CycleId(daemon_.group, settings_.interval, slot.index);
+
+  auto claim = co_await store_.ClaimCycle(
+      {report.cycle_id, daemon_.group, daemon_.instance, settings_.takeover_after});
+  switch (claim.outcome) {
+    case store::ClaimResult::Outcome::kAlreadyCompleted:
+      report.outcome = CycleReport::Outcome::kAlreadyCompleted;
+      log_.Info(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = claim.run.run_id},
+                "cycle {} already completed by {} (run {}); skipped", report.cycle_id,
+                claim.run.instance, claim.run.run_id);
+      co_return report;
+    case store::ClaimResult::Outcome::kRunningElsewhere:
+      report.outcome = CycleReport::Outcome::kRunningElsewhere;
+      log_.Info(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = claim.run.run_id},
+                "cycle {} is running under {} (run {}); skipped", report.cycle_id,
+                claim.run.instance, claim.run.run_id);
+      co_return report;
+    case store::ClaimResult::Outcome::kTookOver:
+      report.took_over = true;
+      log_.Warn(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = claim.run.run_id},
+                "cycle {}: run {} stopped heartbeating; marked abandoned and taken over",
+                report.cycle_id, claim.abandoned_run.value_or(0));
+      break;
+    case store::ClaimResult::Outcome::kClaimed:
+      break;
+  }
+  report.run_id = claim.run.run_id;
+  auto& counts = report.counts;
+
+  counts.requeued = co_await store_.RequeueExpiredWork();
+
+  // Agents are read only when a schedule or due work needs them: an idle cycle stays cheap.
+  std::vector<store::Agent> agents;
+  bool agents_loaded = false;
+  if (!schedules_.empty()) {
+    agents = co_await store_.ListAgents();
+    agents_loaded = true;
+    counts.materialized = co_await Materialize(store_, schedules_, agents, now,
+                                               settings_.interval, settings_.max_attempts, log_);
+  }
+
+  const int free_slots = std::max(0, settings_.max_inflight - static_cast<int>(inflight_.size()));
+  const int capacity = std::min(settings_.max_dispatch_per_cycle, free_slots);
+  std::vector<store::WorkItem> due;
+  if (capacity > 0) due = co_await store_.SelectDueWork(capacity);
+  counts.due = static_cast<int>(due.size());
+
+  std::vector<store::DispatchClaim> claims;
+  std::unordered_map<store::AgentId, const store::Agent*> by_id;
+  if (!due.empty()) {
+    if (!agents_loaded) agents = co_await store_.ListAgents();
+    for (const auto& a : agents) by_id[a.agent_id] = &a;
+    std::map<std::string, store::ToolProfile> profiles;
+    for (auto& p : co_await store_.ListToolProfiles()) profiles[p.tool_profile_id] = std::move(p);
+
+    store::DispatchBatch batch{report.run_id, report.cycle_id, daemon_.instance, leasing_.ttl, {}};
+    batch.candidates.reserve(due.size());
+    for (const auto& item : due) {
+      const store::Agent& agent = *by_id.at(item.agent_id);
+      store::DispatchCandidate c;
+      c.work_item_id = item.work_item_id;
+      c.agent_id = agent.agent_id;
+      c.max_active =
+          agent.max_active_leases > 0 ? agent.max_active_leases : leasing_.default_max_active;
+      auto profile = profiles.find(agent.tool_profile_id);
+      if (agent.lifecycle != store::Lifecycle::kActive) {
+        c.verdict = store::Decision::kSkippedPaused;
+        c.reason = fmt::format("agent is {}", store::ToString(agent.lifecycle));
+      } else if (profile == profiles.end()) {
+        c.verdict = store::Decision::kSkippedCapability;
+        c.reason = fmt::format("tool profile '{}' does not exist", agent.tool_profile_id);
+      } else if (!ProfileAllows(profile->second, item.kind)) {
+        c.verdict = store::Decision::kSkippedCapability;
+        c.reason = fmt::format("kind '{}' is not an operation of tool profile '{}'", item.kind,
+                               agent.tool_profile_id);
+      } else if (!runners_.contains(agent.runner)) {
+        c.verdict = store::Decision::kFailed;
+        c.reason = fmt::format("runner '{}' is not configured", agent.runner);
+      }
+      batch.candidates.push_back(std::move(c));
+    }
+    claims = co_await store_.ClaimDispatches(std::move(batch));
+  }
+
+  for (const auto& claim : claims) {
+    if (!claim.recorded) continue;
+    switch (claim.decision.decision) {
+      case store::Decision::kDispatched:
+        ++counts.dispatched;
+        StartDispatch(claim, *by_id.at(claim.decision.agent_id));
+        break;
+      case store::Decision::kDeferredLeaseHeld:
+      case store::Decision::kDeferredContended:
+        ++counts.deferred;
+        break;
+      case store::Decision::kSkippedPaused:
+      case store::Decision::kSkippedCapability:
+        ++counts.skipped;
+        break;
+      case store::Decision::kFailed:
+        ++counts.failed;
+        log_.Warn(Event::kDispatchFailed,
+                  {.cycle_id = report.cycle_id,
+                   .run_id = report.run_id,
+                   .agent = by_id.at(claim.decision.agent_id)->agent_slug,
+                   .work_id = claim.decision.work_item_id},
+                  "work {} not dispatched: {}", claim.decision.work_item_id,
+                  claim.decision.reason);
+        break;
+    }
+  }
+
+  co_await store_.FinishRun(report.run_id, store::RunStatus::kCompleted, counts, "");
+  co_return report;
+}
+
+void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent) {
+  const store::Lease& lease = *claim.lease;
+  const store::WorkItem& item = *claim.item;
+  DispatchRequest request{agent.agent_slug,      item.work_item_id,   item.kind,
+                          item.payload_json,     lease.lease_id,      lease.fencing_token,
+                          claim.decision.cycle_id, lease.expires_at};
+  const logging::Fields fields{.cycle_id = request.cycle_id,
+                               .run_id = claim.decision.run_id,
+                               .agent = request.agent_slug,
+                               .lease_id = lease.lease_id,
+                               .fencing_token = lease.fencing_token,
+                               .work_id = item.work_item_id};
+  log_.Info(Event::kDispatchStarted, fields,
+            "dispatching work {} ({}) to {} under lease {} token {} (attempt {}/{})",
+            item.work_item_id, item.kind, agent.agent_slug, lease.lease_id, lease.fencing_token,
+            item.attempts, item.max_attempts);
+
+  auto runner = runners_.at(agent.runner);
+  const auto lease_id = lease.lease_id;
+  lease_keeper_.Hold(lease, agent.agent_slug, [this, lease_id](std::string reason) {
+    auto it = inflight_.find(lease_id);
+    if (it == inflight_.end()) return;
+    it->second.stop_reason = "lease lost: " + reason;
+    it->second.execution->Stop(it->second.stop_reason);
+  });
+  auto& entry = inflight_[lease_id];
+  entry.request = request;
+  entry.runner = runner;
+  entry.execution = runner->Start(std::move(request), [this, lease_id](DispatchResult result) {
+    boost::asio::co_spawn(executor_, FinishDispatch(lease_id, std::move(result)),
+                          boost::asio::detached);
+  });
+}
+
+store::Task<void> Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchResult result) {
+  auto it = inflight_.find(lease_id);
+  if (it == inflight_.end()) co_return;
+  const Inflight entry = it->second;
+  lease_keeper_.Forget(lease_id);
+  const auto& r = entry.request;
+  const logging::Fields fields{.cycle_id = r.cycle_id,
+                               .agent = r.agent_slug,
+                               .lease_id = r.lease_id,
+                               .fencing_token = r.fencing_token,
+                               .work_id = r.work_id};
+  if (!entry.stop_reason.empty()) {
+    // We stopped it (lost lease, shutdown): its lease is left to expire and the work returns
+    // to pending; completing it here could race a newer holder.
+    log_.Warn(Event::kDispatchFailed, fields,
+              "work {} stopped ({}): {}; its lease is left to expire", r.work_id,
+              entry.stop_reason, result.detail);
+  } else {
+    store::Completion completion;
+    completion.lease = {r.lease_id, r.fencing_token};
+    completion.outcome = result.status == DispatchResult::Status::kDone ? store::Outcome::kDone
+                                                                        : store::Outcome::kFailed;
+    completion.detail = result.detail;
+    completion.transport_error = result.status == DispatchResult::Status::kTransportError;
+    completion.retry = result.retry;
+    try {
+      auto done = co_await store_.CompleteWork(completion, RetryPolicyOf(settings_));
+      if (!done.accepted()) {
+        log_.Warn(Event::kCompletionRejected, fields,
+                  "completion of work {} refused ({}): the lease is no longer ours", r.work_id,
+                  store::ToString(done.verdict));
+      } else if (done.item && done.item->state == store::WorkState::kDead) {
+        log_.Error(Event::kWorkDead, fields, "work {} is dead after {} attempt(s): {}", r.work_id,
+                   done.item->attempts, result.detail);
+      } else {
+        const auto level = result.status == DispatchResult::Status::kDone ? spdlog::level::info
+                                                                          : spdlog::level::warn;
+        log_.Log(level, Event::kDispatchFinished, fields, "work {} {}{}{}{}", r.work_id,
+                 ToString(result.status), result.detail.empty() ? "" : ": ", result.detail,
+                 done.verdict == store::CompletionResult::Verdict::kAcceptedLate
+                     ? " (late, accepted)"
+                     : "");
+      }
+    } catch (const std::exception& e) {
+      log_.Error(Event::kStoreError, fields,
+                 "cannot record the completion of work {}: {}; its lease will expire", r.work_id,
+                 e.what());
+    }
+  }
+  inflight_.erase(lease_id);
+  NotifyIfIdle();
+}
+
+void Scheduler::NotifyIfIdle() {
+  if (inflight_.empty() && !cycle_running_) idle_timer_.cancel();
+}
+
+store::Task<bool> Scheduler::WaitIdle(std::chrono::steady_clock::time_point deadline) {
+  while ((cycle_running_ || !inflight_.empty()) && SteadyClock::now() < deadline) {
+    idle_timer_.expires_at(deadline);
+    boost::system::error_code ec;
+    co_await idle_timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+  }
+  co_return !cycle_running_ && inflight_.empty();
+}
+
+store::Task<void> Scheduler::Drain(store::Duration grace) {
+  ticking_ = false;
+  tick_timer_.cancel();
+  if (!co_await WaitIdle(SteadyClock::now() + grace)) {
+    log_.Warn(Event::kDaemonStopping, {},
+              "shutdown grace of {}ms elapsed with {} dispatch(es) running; stopping them",
+              grace.count(), inflight_.size());
+    for (auto& [id, entry] : inflight_) {
+      if (entry.stop_reason.empty()) entry.stop_reason = "shutdown grace elapsed";
+      entry.execution->Stop(entry.stop_reason);
+    }
+    // Runners escalate to SIGKILL after kill_grace; this bound only guards against a bug.
+    co_await WaitIdle(SteadyClock::now() + std::chrono::minutes(2));
+  }
+  lease_keeper_.Stop();
+}
+
+}  // namespace warp::scheduler

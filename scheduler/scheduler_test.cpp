@@ -1,1 +1,462 @@
-// placeholder, being written
+#include "scheduler/scheduler.hpp"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/post.hpp>
+
+#include "scheduler/cycle.hpp"
+#include "store/memory/memory_store.hpp"
+#include "tests/support/async.hpp"
+
+namespace warp::scheduler {
+namespace {
+
+using namespace std::chrono_literals;
+using store::Decision;
+using store::WorkState;
+
+/// A runner whose dispatches finish when the test says so.
+class FakeRunner final : public Runner {
+ public:
+  struct Dispatch {
+    DispatchRequest request;
+    OnDone on_done;
+    std::string stop_reason;
+    bool finished = false;
+  };
+
+  class FakeExecution final : public Execution {
+   public:
+    FakeExecution(FakeRunner& runner, std::size_t index) : runner_(runner), index_(index) {}
+    void Stop(std::string reason) override {
+      auto& d = runner_.dispatches.at(index_);
+      d.stop_reason = reason;
+      runner_.Finish(index_, {DispatchResult::Status::kStopped, "stopped: " + reason, true});
+    }
+
+   private:
+    FakeRunner& runner_;
+    std::size_t index_;
+  };
+
+  explicit FakeRunner(boost::asio::io_context& io) : io_(io) {}
+
+  std::shared_ptr<Execution> Start(DispatchRequest request, OnDone on_done) override {
+    dispatches.push_back({std::move(request), std::move(on_done), "", false});
+    return std::make_shared<FakeExecution>(*this, dispatches.size() - 1);
+  }
+
+  void Finish(std::size_t index, DispatchResult result) {
+    auto& d = dispatches.at(index);
+    if (d.finished) return;
+    d.finished = true;
+    boost::asio::post(io_, [cb = d.on_done, result] { cb(result); });
+  }
+
+  std::vector<Dispatch> dispatches;
+
+ private:
+  boost::asio::io_context& io_;
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  // 1 second into a 60 s slot: tests advance the clock within one slot unless they say so.
+  SchedulerTest()
+      : clock_(store::TimePoint(std::chrono::sys_days(std::chrono::year{2026} / 11 / 25)) + 1s),
+        store_(clock_.AsFunction()) {
+    settings_.daemon.instance = "test-a";
+    settings_.scheduler.interval = 60s;
+    settings_.scheduler.takeover_after = 5s;
+    settings_.scheduler.retry_backoff = 10s;
+    settings_.scheduler.retry_backoff_max = 15s;
+    settings_.scheduler.max_attempts = 3;
+    settings_.leasing.ttl = 30s;
+    settings_.leasing.renew_every = 10s;
+    settings_.runners["fake"] = config::RunnerSettings{.name = "fake"};
+    store::ToolProfile profile;
+    profile.tool_profile_id = "erp";
+    profile.operations = {"sync", "report"};
+    test::Await(io_, store_.PutToolProfile(profile));
+  }
+
+  void Build() {
+    keeper_.emplace(io_.get_executor(), store_, settings_.leasing, log_);
+    auto runner = std::make_shared<FakeRunner>(io_);
+    runner_ = runner.get();
+    scheduler_.emplace(io_.get_executor(), store_, *keeper_, settings_,
+                       RunnerSet{{"fake", runner}}, log_);
+  }
+
+  store::Agent Agent(std::string slug, int max_active = 1,
+                     store::Lifecycle lifecycle = store::Lifecycle::kActive) {
+    store::NewAgent a;
+    a.agent_slug = std::move(slug);
+    a.domain_id = "sales";
+    a.tool_profile_id = "erp";
+    a.runner = "fake";
+    a.business_link = "spindle:req-1";
+    a.max_active_leases = max_active;
+    a.lifecycle = lifecycle;
+    return test::Await(io_, store_.RegisterAgent(a));
+  }
+
+  store::WorkItem Enqueue(const std::string& agent, std::string kind = "sync", int priority = 0) {
+    store::NewWork w;
+    w.agent_slug = agent;
+    w.kind = std::move(kind);
+    w.priority = priority;
+    return test::Await(io_, store_.EnqueueWork(w, settings_.scheduler.max_attempts)).item;
+  }
+
+  CycleReport Cycle() { return test::Await(io_, scheduler_->RunCycle()); }
+  store::WorkItem Work(store::WorkItemId id) { return *test::Await(io_, store_.GetWork(id)); }
+  std::vector<store::DispatchDecision> Decisions(const std::string& cycle_id) {
+    return test::Await(io_, store_.ListDecisions(cycle_id));
+  }
+  /// Lets posted completions run.
+  void Settle() { test::RunFor(io_, 20ms); }
+
+  boost::asio::io_context io_;
+  test::ManualClock clock_;
+  store::MemoryStore store_;
+  config::Settings settings_;
+  logging::Logger log_;
+  std::optional<leasing::LeaseKeeper> keeper_;
+  std::optional<Scheduler> scheduler_;
+  FakeRunner* runner_ = nullptr;
+};
+
+TEST_F(SchedulerTest, ACycleLeasesDispatchesAndRecordsOneDecisionPerItem) {
+  Build();
+  Agent("erp-sales", 1);
+  Agent("erp-finance", 2);
+  const auto s1 = Enqueue("erp-sales");
+  const auto s2 = Enqueue("erp-sales");
+  const auto f1 = Enqueue("erp-finance");
+  const auto f2 = Enqueue("erp-finance");
+  const auto f3 = Enqueue("erp-finance");
+
+  auto report = Cycle();
+  EXPECT_EQ(report.outcome, CycleReport::Outcome::kRan);
+  EXPECT_EQ(report.counts.due, 5);
+  EXPECT_EQ(report.counts.dispatched, 3);
+  EXPECT_EQ(report.counts.deferred, 2);
+  ASSERT_EQ(runner_->dispatches.size(), 3u);
+
+  std::map<store::WorkItemId, Decision> by_item;
+  for (const auto& d : Decisions(report.cycle_id)) by_item[d.work_item_id] = d.decision;
+  EXPECT_EQ(by_item.at(s1.work_item_id), Decision::kDispatched);
+  EXPECT_EQ(by_item.at(s2.work_item_id), Decision::kDeferredLeaseHeld);
+  EXPECT_EQ(by_item.at(f1.work_item_id), Decision::kDispatched);
+  EXPECT_EQ(by_item.at(f2.work_item_id), Decision::kDispatched);
+  EXPECT_EQ(by_item.at(f3.work_item_id), Decision::kDeferredLeaseHeld);
+
+  const auto& req = runner_->dispatches[0].request;
+  EXPECT_EQ(req.agent_slug, "erp-sales");
+  EXPECT_EQ(req.work_id, s1.work_item_id);
+  EXPECT_EQ(req.cycle_id, report.cycle_id);
+  EXPECT_GT(req.fencing_token, 0);
+  EXPECT_EQ(Work(s1.work_item_id).state, WorkState::kDispatched);
+}
+
+TEST_F(SchedulerTest, CompletionReleasesTheLeaseAndTheNextCycleDispatchesTheQueuedItem) {
+  Build();
+  Agent("erp-sales", 1);
+  const auto a = Enqueue("erp-sales");
+  const auto b = Enqueue("erp-sales");
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 1u);
+  runner_->Finish(0, {DispatchResult::Status::kDone, "", true});
+  Settle();
+  EXPECT_EQ(Work(a.work_item_id).state, WorkState::kDone);
+  EXPECT_EQ(scheduler_->inflight(), 0u);
+
+  clock_.Advance(60s);
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 2u);
+  EXPECT_EQ(runner_->dispatches[1].request.work_id, b.work_item_id);
+  EXPECT_GT(runner_->dispatches[1].request.fencing_token,
+            runner_->dispatches[0].request.fencing_token);
+}
+
+TEST_F(SchedulerTest, HigherPriorityWorkIsDispatchedFirst) {
+  Build();
+  Agent("erp-sales", 1);
+  Enqueue("erp-sales", "sync", 0);
+  const auto urgent = Enqueue("erp-sales", "report", 9);
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 1u);
+  EXPECT_EQ(runner_->dispatches[0].request.work_id, urgent.work_item_id);
+}
+
+TEST_F(SchedulerTest, ASecondRunOfACompletedCycleIsSkipped) {
+  Build();
+  Agent("erp-sales", 3);
+  Enqueue("erp-sales");
+  EXPECT_EQ(Cycle().outcome, CycleReport::Outcome::kRan);
+  Enqueue("erp-sales");
+  auto again = Cycle();
+  EXPECT_EQ(again.outcome, CycleReport::Outcome::kAlreadyCompleted);
+  EXPECT_EQ(runner_->dispatches.size(), 1u);
+}
+
+TEST_F(SchedulerTest, ACycleRunningUnderALiveOwnerIsSkipped) {
+  Build();
+  const auto slot = SlotAt(clock_.Now(), settings_.scheduler.interval);
+  const auto cycle_id = CycleId("default", settings_.scheduler.interval, slot.index);
+  auto other = test::Await(io_, store_.ClaimCycle({cycle_id, "default", "test-b", 5s}));
+  ASSERT_EQ(other.outcome, store::ClaimResult::Outcome::kClaimed);
+  EXPECT_EQ(Cycle().outcome, CycleReport::Outcome::kRunningElsewhere);
+}
+
+TEST_F(SchedulerTest, TakeoverAfterACrashDispatchesNothingTwice) {
+  Build();
+  const auto agent = Agent("erp-sales", 3);
+  const auto decided = Enqueue("erp-sales");
+  const auto deferred = Enqueue("erp-sales");
+  const auto untouched = Enqueue("erp-sales");
+
+  // Instance B claims the cycle, records two decisions, starts one dispatch and dies.
+  const auto slot = SlotAt(clock_.Now(), settings_.scheduler.interval);
+  const auto cycle_id = CycleId("default", settings_.scheduler.interval, slot.index);
+  auto crashed = test::Await(io_, store_.ClaimCycle({cycle_id, "default", "test-b", 5s}));
+  store::DispatchBatch batch{crashed.run.run_id, cycle_id, "test-b", 30s, {}};
+  batch.candidates.push_back({decided.work_item_id, agent.agent_id, 3, std::nullopt, ""});
+  batch.candidates.push_back(
+      {deferred.work_item_id, agent.agent_id, 3, Decision::kDeferredContended, "test"});
+  test::Await(io_, store_.ClaimDispatches(batch));
+
+  clock_.Advance(6s);  // B's heartbeat is now older than takeover_after
+  auto report = Cycle();
+  EXPECT_EQ(report.outcome, CycleReport::Outcome::kRan);
+  EXPECT_TRUE(report.took_over);
+  EXPECT_EQ(report.cycle_id, cycle_id);
+
+  // Only the item B never decided on is dispatched by the takeover.
+  ASSERT_EQ(runner_->dispatches.size(), 1u);
+  EXPECT_EQ(runner_->dispatches[0].request.work_id, untouched.work_item_id);
+  std::map<store::WorkItemId, int> decisions_per_item;
+  for (const auto& d : Decisions(cycle_id)) ++decisions_per_item[d.work_item_id];
+  for (const auto& [item, n] : decisions_per_item) EXPECT_EQ(n, 1) << "item " << item;
+
+  auto runs = test::Await(io_, store_.ListRuns(cycle_id));
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(runs[0].status, store::RunStatus::kAbandoned);
+  EXPECT_EQ(runs[1].status, store::RunStatus::kCompleted);
+  EXPECT_EQ(runs[1].instance, "test-a");
+}
+
+TEST_F(SchedulerTest, ATickWhileTheCycleStillRunsIsSkippedAndCounted) {
+  Build();
+  Agent("erp-sales");
+  Enqueue("erp-sales");
+  scheduler_->OnTick();
+  scheduler_->OnTick();  // arrives before the first cycle could finish
+  EXPECT_EQ(scheduler_->overruns(), 1u);
+  Settle();
+  EXPECT_EQ(scheduler_->last_report().outcome, CycleReport::Outcome::kRan);
+  EXPECT_EQ(runner_->dispatches.size(), 1u);
+  clock_.Advance(60s);
+  scheduler_->OnTick();  // the previous cycle has finished: not an overrun
+  EXPECT_EQ(scheduler_->overruns(), 1u);
+  Settle();
+}
+
+TEST_F(SchedulerTest, FailedWorkIsRetriedWithDoublingBackoffThenDead) {
+  Build();
+  Agent("erp-sales");
+  const auto item = Enqueue("erp-sales");
+  auto fail_latest = [&] {
+    runner_->Finish(runner_->dispatches.size() - 1,
+                    {DispatchResult::Status::kFailed, "exit status 1", true});
+    Settle();
+  };
+
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 1u);
+  const auto failed_at = clock_.Now();
+  fail_latest();
+  auto w = Work(item.work_item_id);
+  EXPECT_EQ(w.state, WorkState::kFailed);
+  EXPECT_EQ(w.attempts, 1);
+  EXPECT_EQ(w.due_at, failed_at + 10s);
+  EXPECT_EQ(w.last_error, "exit status 1");
+
+  clock_.Advance(60s);  // next slot, past the 10 s backoff
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 2u);
+  const auto second_failed_at = clock_.Now();
+  fail_latest();
+  EXPECT_EQ(Work(item.work_item_id).due_at, second_failed_at + 15s) << "20 s capped at 15 s";
+
+  clock_.Advance(60s);
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 3u);
+  fail_latest();
+  w = Work(item.work_item_id);
+  EXPECT_EQ(w.state, WorkState::kDead);
+  EXPECT_EQ(w.attempts, 3);
+
+  clock_.Advance(60s);
+  Cycle();
+  EXPECT_EQ(runner_->dispatches.size(), 3u) << "dead work is never dispatched again";
+}
+
+TEST_F(SchedulerTest, ALostLeaseStopsTheWorkAndTheWorkReturnsToPending) {
+  Build();
+  Agent("erp-sales");
+  const auto item = Enqueue("erp-sales");
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 1u);
+  const auto first_token = runner_->dispatches[0].request.fencing_token;
+
+  clock_.Advance(31s);  // past the 30 s ttl without a renewal (the process was paused)
+  test::Await(io_, keeper_->RenewAll());
+  Settle();
+  EXPECT_NE(runner_->dispatches[0].stop_reason.find("lease lost"), std::string::npos);
+  EXPECT_EQ(scheduler_->inflight(), 0u);
+  EXPECT_EQ(Work(item.work_item_id).state, WorkState::kDispatched)
+      << "a stopped dispatch is not completed; its lease expires";
+
+  clock_.Advance(60s);
+  auto report = Cycle();
+  EXPECT_EQ(report.counts.requeued, 1);
+  ASSERT_EQ(runner_->dispatches.size(), 2u);
+  EXPECT_EQ(runner_->dispatches[1].request.work_id, item.work_item_id);
+  EXPECT_GT(runner_->dispatches[1].request.fencing_token, first_token);
+  EXPECT_EQ(Work(item.work_item_id).attempts, 2);
+}
+
+TEST_F(SchedulerTest, RenewalKeepsALongDispatchAlive) {
+  Build();
+  Agent("erp-sales");
+  Enqueue("erp-sales");
+  Cycle();
+  for (int i = 0; i < 5; ++i) {
+    clock_.Advance(10s);
+    test::Await(io_, keeper_->RenewAll());
+  }
+  Settle();
+  EXPECT_TRUE(runner_->dispatches[0].stop_reason.empty());
+  EXPECT_EQ(scheduler_->inflight(), 1u);
+  auto leases = test::Await(io_, store_.ListLeases(std::nullopt, true));
+  ASSERT_EQ(leases.size(), 1u);
+  EXPECT_EQ(leases[0].expires_at, clock_.Now() + 30s);
+}
+
+TEST_F(SchedulerTest, PausedAgentsAndKindsOutsideTheToolProfileAreSkipped) {
+  Build();
+  Agent("erp-paused", 1, store::Lifecycle::kPaused);
+  Agent("erp-sales");
+  const auto paused = Enqueue("erp-paused");
+  const auto forbidden = Enqueue("erp-sales", "delete-everything");
+  auto report = Cycle();
+  EXPECT_EQ(report.counts.skipped, 2);
+  EXPECT_TRUE(runner_->dispatches.empty());
+  std::map<store::WorkItemId, store::DispatchDecision> by_item;
+  for (const auto& d : Decisions(report.cycle_id)) by_item[d.work_item_id] = d;
+  EXPECT_EQ(by_item.at(paused.work_item_id).decision, Decision::kSkippedPaused);
+  EXPECT_EQ(by_item.at(forbidden.work_item_id).decision, Decision::kSkippedCapability);
+  EXPECT_NE(by_item.at(forbidden.work_item_id).reason.find("delete-everything"),
+            std::string::npos);
+  EXPECT_EQ(Work(paused.work_item_id).state, WorkState::kPending);
+}
+
+TEST_F(SchedulerTest, AnAgentNamingAnUnconfiguredRunnerGetsAFailedDecision) {
+  Build();
+  store::NewAgent a;
+  a.agent_slug = "orphan";
+  a.tool_profile_id = "erp";
+  a.runner = "gone";
+  a.business_link = "spindle:req-2";
+  test::Await(io_, store_.RegisterAgent(a));
+  Enqueue("orphan");
+  auto report = Cycle();
+  EXPECT_EQ(report.counts.failed, 1);
+  auto decisions = Decisions(report.cycle_id);
+  ASSERT_EQ(decisions.size(), 1u);
+  EXPECT_EQ(decisions[0].decision, Decision::kFailed);
+  EXPECT_NE(decisions[0].reason.find("runner 'gone'"), std::string::npos);
+}
+
+TEST_F(SchedulerTest, DispatchesPerCycleAreCappedByMaxDispatchAndMaxInflight) {
+  settings_.scheduler.max_dispatch_per_cycle = 2;
+  settings_.scheduler.max_inflight = 3;
+  Build();
+  Agent("erp-sales", 10);
+  for (int i = 0; i < 6; ++i) Enqueue("erp-sales");
+  EXPECT_EQ(Cycle().counts.dispatched, 2);
+  clock_.Advance(60s);
+  EXPECT_EQ(Cycle().counts.dispatched, 1) << "3 in flight at most";
+  clock_.Advance(60s);
+  EXPECT_EQ(Cycle().counts.due, 0);
+  runner_->Finish(0, {DispatchResult::Status::kDone, "", true});
+  Settle();
+  clock_.Advance(60s);
+  EXPECT_EQ(Cycle().counts.dispatched, 1);
+}
+
+TEST_F(SchedulerTest, SchedulesAreMaterializedOncePerOccurrence) {
+  config::ScheduleSettings s;
+  s.name = "sync";
+  s.agents = {"erp-sales"};
+  s.every = 5min;
+  s.kind = "sync";
+  settings_.schedules.push_back(s);
+  Build();
+  Agent("erp-sales", 1);
+  EXPECT_EQ(Cycle().counts.materialized, 1);
+  clock_.Advance(60s);
+  EXPECT_EQ(Cycle().counts.materialized, 0);
+  EXPECT_EQ(runner_->dispatches.size(), 1u);
+}
+
+TEST_F(SchedulerTest, DrainStopsWorkStillRunningAfterTheGraceAndLeavesItsLease) {
+  Build();
+  Agent("erp-sales", 2);
+  Enqueue("erp-sales");
+  Enqueue("erp-sales");
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 2u);
+  runner_->Finish(0, {DispatchResult::Status::kDone, "", true});
+  test::Await(io_, scheduler_->Drain(50ms));
+  EXPECT_TRUE(runner_->dispatches[0].stop_reason.empty());
+  EXPECT_EQ(runner_->dispatches[1].stop_reason, "shutdown grace elapsed");
+  EXPECT_EQ(scheduler_->inflight(), 0u);
+  auto active = test::Await(io_, store_.ListLeases(std::nullopt, true));
+  ASSERT_EQ(active.size(), 1u) << "the stopped work's lease is left to expire";
+  EXPECT_EQ(active[0].work_item_id, runner_->dispatches[1].request.work_id);
+}
+
+TEST_F(SchedulerTest, ExecWorkWhoseLeaseIsLostIsKilled) {
+  settings_.runners["exec"] = config::RunnerSettings{.name = "exec",
+                                                     .transport = config::Transport::kExec,
+                                                     .command = {"/bin/sleep", "30"},
+                                                     .timeout = 60s,
+                                                     .kill_grace = 1s};
+  keeper_.emplace(io_.get_executor(), store_, settings_.leasing, log_);
+  scheduler_.emplace(io_.get_executor(), store_, *keeper_, settings_,
+                     MakeRunners(settings_, io_.get_executor(), log_), log_);
+  store::NewAgent a;
+  a.agent_slug = "sleeper";
+  a.tool_profile_id = "erp";
+  a.runner = "exec";
+  a.business_link = "spindle:req-3";
+  test::Await(io_, store_.RegisterAgent(a));
+  const auto item = Enqueue("sleeper");
+  Cycle();
+  EXPECT_EQ(scheduler_->inflight(), 1u);
+  clock_.Advance(31s);
+  const auto started = std::chrono::steady_clock::now();
+  test::Await(io_, keeper_->RenewAll());
+  while (scheduler_->inflight() > 0 && std::chrono::steady_clock::now() - started < 10s) {
+    test::RunFor(io_, 20ms);
+  }
+  EXPECT_EQ(scheduler_->inflight(), 0u) << "the child was killed and reaped";
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 5s);
+  EXPECT_EQ(Work(item.work_item_id).state, WorkState::kDispatched);
+}
+
+}  // namespace
+}  // namespace warp::scheduler

@@ -1,0 +1,71 @@
+// Keeps the leases this instance holds alive while their work runs (SPEC section 5).
+//
+// Every `leasing.renew_every` all held leases are renewed in one store call. A lease the store
+// refuses to renew (expired, released, unknown) is lost: its holder is told at once and must
+// stop the work. When the store cannot be reached, a lease is given up locally once its last
+// confirmed expiry, measured on the monotonic clock from before the renewal was sent, is less
+// than half a renewal period away (userver's Locker does the same), so work never outlives its
+// lease by more than that margin even during a database outage.
+//
+// Config keys: leasing.ttl, leasing.renew_every. Tables: writes agent_leases (renewals).
+#pragma once
+
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "config/settings.hpp"
+#include "logging/log.hpp"
+#include "store/store.hpp"
+
+namespace warp::leasing {
+
+/// Thread-safety: use from the executor's thread only. Must outlive Stop()'s completion.
+class LeaseKeeper {
+ public:
+  using OnLost = std::function<void(std::string reason)>;
+
+  LeaseKeeper(boost::asio::any_io_executor executor, store::Store& store,
+              config::LeasingSettings settings, logging::Logger log);
+
+  /// Starts renewing every renew_every.
+  void Start();
+  /// Stops renewing; held leases are left as they are (they expire by time).
+  void Stop();
+  void UpdateSettings(config::LeasingSettings settings);
+
+  /// Renews `lease` until Forget(); calls `on_lost` once if the lease is lost.
+  void Hold(const store::Lease& lease, std::string agent_slug, OnLost on_lost);
+  /// The work finished: stop renewing (the completion releases the lease).
+  void Forget(store::LeaseId lease);
+
+  /// One renewal round now (the periodic loop calls this; tests call it directly).
+  store::Task<void> RenewAll();
+
+  std::size_t held() const { return held_.size(); }
+
+ private:
+  struct Held {
+    store::LeaseRef ref;
+    std::string agent_slug;
+    OnLost on_lost;
+    std::chrono::steady_clock::time_point local_deadline;  ///< last confirmed expiry, locally
+  };
+
+  boost::asio::awaitable<void> Loop();
+  void Lose(store::LeaseId id, const std::string& reason);
+
+  boost::asio::any_io_executor executor_;
+  store::Store& store_;
+  config::LeasingSettings settings_;
+  logging::Logger log_;
+  boost::asio::steady_timer timer_;
+  std::map<store::LeaseId, Held> held_;
+  bool running_ = false;
+};
+
+}  // namespace warp::leasing

@@ -1,0 +1,119 @@
+// The scheduler: idempotent cycles on aligned slots (SPEC section 4).
+//
+// Each tick (at the next slot boundary of database time, plus jitter) runs one cycle:
+//   claim the cycle -> requeue work of expired leases -> materialize schedules -> select due
+//   work -> decide per item (paused, capability, runner) -> lease and record decisions in one
+//   store call -> start dispatches -> finish the run with its counts.
+// Dispatches outlive the cycle: the lease keeper renews their leases, their runner reports the
+// outcome, and the outcome is completed through the fencing check.
+//
+// Config keys: daemon.instance, daemon.group, daemon.shutdown_grace, scheduler.*, leasing.*,
+// runner.*, schedule. Tables: scheduler_runs, dispatch_decisions, agent_leases, work_items.
+#pragma once
+
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "config/settings.hpp"
+#include "leasing/lease_keeper.hpp"
+#include "logging/log.hpp"
+#include "scheduler/runners/runner.hpp"
+#include "scheduler/schedule.hpp"
+#include "store/store.hpp"
+
+namespace warp::scheduler {
+
+/// What one call of RunCycle did.
+struct CycleReport {
+  enum class Outcome { kRan, kAlreadyCompleted, kRunningElsewhere, kFailed };
+  Outcome outcome = Outcome::kRan;
+  std::string cycle_id;
+  store::RunId run_id = 0;
+  bool took_over = false;
+  store::RunCounts counts;
+  std::chrono::milliseconds duration{0};
+  std::string error;
+};
+
+/// Runner instances by name. Shared so that a reload can replace the set while dispatches
+/// started by the old runners finish.
+using RunnerSet = std::map<std::string, std::shared_ptr<Runner>>;
+
+/// Builds the runners of `settings.runners`.
+RunnerSet MakeRunners(const config::Settings& settings, boost::asio::any_io_executor executor,
+                      const logging::Logger& log);
+
+/// Thread-safety: use from the executor's thread only.
+class Scheduler {
+ public:
+  Scheduler(boost::asio::any_io_executor executor, store::Store& store,
+            leasing::LeaseKeeper& lease_keeper, const config::Settings& settings,
+            RunnerSet runners, logging::Logger log);
+
+  /// Starts ticking at slot boundaries.
+  void Start();
+  /// Applies reloaded settings; the next tick uses the new interval.
+  void Reconfigure(const config::Settings& settings, RunnerSet runners);
+
+  /// Runs one cycle for the slot of the store's current time. Never throws: a failure is
+  /// logged and reported as kFailed.
+  store::Task<CycleReport> RunCycle();
+
+  /// Stops ticking, lets in-flight dispatches finish for up to `grace`, then stops the rest;
+  /// their leases are left to expire so their work returns to pending.
+  store::Task<void> Drain(store::Duration grace);
+
+  /// Called after every cycle (the daemon reports it to systemd).
+  void OnCycle(std::function<void(const CycleReport&)> callback) { on_cycle_ = std::move(callback); }
+
+  /// A tick arrived: runs a cycle unless the previous one still runs (then counts an overrun).
+  void OnTick();
+
+  std::size_t inflight() const { return inflight_.size(); }
+  std::uint64_t overruns() const { return overruns_; }
+  const CycleReport& last_report() const { return last_report_; }
+
+ private:
+  struct Inflight {
+    DispatchRequest request;
+    std::shared_ptr<Runner> runner;  // keeps a replaced runner alive until its work ends
+    std::shared_ptr<Execution> execution;
+    std::string stop_reason;  // set when we stopped it: no completion is reported then
+  };
+
+  store::Task<CycleReport> RunCycleUnguarded(CycleReport& report);
+  void StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent);
+  store::Task<void> FinishDispatch(store::LeaseId lease_id, DispatchResult result);
+  store::Task<void> TickLoop();
+  /// Waits until no cycle runs and nothing is in flight, or `deadline`; true when idle.
+  store::Task<bool> WaitIdle(std::chrono::steady_clock::time_point deadline);
+  void NotifyIfIdle();
+
+  boost::asio::any_io_executor executor_;
+  store::Store& store_;
+  leasing::LeaseKeeper& lease_keeper_;
+  config::DaemonSettings daemon_;
+  config::SchedulerSettings settings_;
+  config::LeasingSettings leasing_;
+  std::vector<Schedule> schedules_;
+  RunnerSet runners_;
+  logging::Logger log_;
+  boost::asio::steady_timer tick_timer_;
+  boost::asio::steady_timer idle_timer_;  // cancelled when the last dispatch finishes
+  std::map<store::LeaseId, Inflight> inflight_;
+  std::mt19937_64 jitter_rng_{std::random_device{}()};
+  bool ticking_ = false;
+  bool cycle_running_ = false;
+  std::uint64_t overruns_ = 0;
+  CycleReport last_report_;
+  std::function<void(const CycleReport&)> on_cycle_;
+};
+
+}  // namespace warp::scheduler
