@@ -321,9 +321,8 @@ store::Task<void> Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchRes
   if (!entry.stop_reason.empty()) {
     // We stopped it (lost lease, shutdown): its lease is left to expire and the work returns
     // to pending; completing it here could race a newer holder.
-    log_.Warn(Event::kDispatchFailed, fields,
-              "work {} stopped ({}): {}; its lease is left to expire", r.work_id,
-              entry.stop_reason, result.detail);
+    log_.Warn(Event::kDispatchFailed, fields, "work {} stopped: {}; its lease is left to expire",
+              r.work_id, result.detail.empty() ? entry.stop_reason : result.detail);
   } else {
     store::Completion completion;
     completion.lease = {r.lease_id, r.fencing_token};
