@@ -85,10 +85,17 @@ Task<EnqueueResult> MemoryStore::EnqueueWork(NewWork work, int default_max_attem
     throw StoreError(StoreError::Kind::kInvalid, problem);
   }
   if (work.kind.empty()) throw StoreError(StoreError::Kind::kInvalid, "work kind is empty");
-  const WorkItemId id = next_work_++;
-  if (work.idempotency_key.empty()) work.idempotency_key = "work:" + std::to_string(id);
   if (auto it = work_by_key_.find(work.idempotency_key); it != work_by_key_.end()) {
     co_return EnqueueResult{work_.at(it->second), false};
+  }
+  const WorkItemId id = next_work_++;
+  if (work.idempotency_key.empty()) {
+    // Key-less work is always new: the generated key must not land on a producer's key that
+    // happens to look the same, or this enqueue would silently return that unrelated item.
+    work.idempotency_key = "work:" + std::to_string(id);
+    for (int n = 1; work_by_key_.contains(work.idempotency_key); ++n) {
+      work.idempotency_key = "work:" + std::to_string(id) + "#" + std::to_string(n);
+    }
   }
   WorkItem item;
   item.work_item_id = id;
@@ -158,7 +165,7 @@ Task<ClaimResult> MemoryStore::ClaimCycle(CycleClaim claim) {
       co_return ClaimResult{ClaimResult::Outcome::kAlreadyCompleted, run, std::nullopt};
     }
     if (run.status == RunStatus::kRunning) {
-      if (run.heartbeat_at + claim.takeover_after > now) {
+      if (run.heartbeat_at + claim.takeover_after >= now) {  // "older than": strictly
         co_return ClaimResult{ClaimResult::Outcome::kRunningElsewhere, run, std::nullopt};
       }
       run.status = RunStatus::kAbandoned;
@@ -227,17 +234,23 @@ int MemoryStore::ActiveLeases(AgentId agent, TimePoint now) const {
 
 Task<std::vector<DispatchClaim>> MemoryStore::ClaimDispatches(DispatchBatch batch) {
   const TimePoint now = clock_();
+  // Check every candidate before changing anything: the batch is one transaction, so an
+  // unknown item late in it must not leave the leases of earlier candidates behind.
+  for (const auto& c : batch.candidates) {
+    auto wit = work_.find(c.work_item_id);
+    if (wit == work_.end() || !agents_.contains(c.agent_id) ||
+        wit->second.agent_id != c.agent_id) {
+      throw StoreError(StoreError::Kind::kNotFound,
+                       "work item " + std::to_string(c.work_item_id) + " of agent " +
+                           std::to_string(c.agent_id) + " does not exist");
+    }
+  }
   std::vector<DispatchClaim> out;
   out.reserve(batch.candidates.size());
   for (const auto& c : batch.candidates) {
     DispatchClaim claim;
     auto wit = work_.find(c.work_item_id);
     auto ait = agents_.find(c.agent_id);
-    if (wit == work_.end() || ait == agents_.end() || wit->second.agent_id != c.agent_id) {
-      throw StoreError(StoreError::Kind::kNotFound,
-                       "work item " + std::to_string(c.work_item_id) + " of agent " +
-                           std::to_string(c.agent_id) + " does not exist");
-    }
     WorkItem& item = wit->second;
     const bool dispatchable =
         (item.state == WorkState::kPending || item.state == WorkState::kFailed) &&
