@@ -39,6 +39,10 @@ std::optional<Duration> ParseDuration(std::string_view text);
 /// The shortest exact rendering: 90000ms -> "1m30s".
 std::string FormatDuration(Duration d);
 
+/// The default `daemon.instance` for a host: lower-cased, every character outside [a-z0-9-]
+/// replaced by '-', truncated to 63 characters; "warpd" for an empty host name.
+std::string InstanceNameFromHost(std::string_view host_name);
+
 /// Reads and validates `file`. Throws ConfigError (also for an unreadable file: line 0).
 Settings Load(const std::filesystem::path& file);
 /// Same, from text; `source_name` stands for the file name in errors.

@@ -23,7 +23,8 @@ Fixtures LoadFixtures(const std::filesystem::path& file);
 Fixtures LoadFixturesString(std::string_view toml, const std::string& source_name);
 
 /// Writes the fixtures into `store` (profiles, then agents, then work; existing idempotency keys
-/// are kept as they are).
+/// are kept as they are). `store` and `fixtures` must outlive the task. Store failures propagate
+/// as StoreError (an agent slug that already exists is kConflict).
 store::Task<void> ApplyFixtures(store::Store& store, const Fixtures& fixtures,
                                 int default_max_attempts);
 

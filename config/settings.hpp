@@ -35,7 +35,7 @@ struct SchedulerSettings {
   Duration jitter = Duration::zero();            ///< < interval
   int max_dispatch_per_cycle = 1000;             ///< >= 1
   int max_inflight = 64;                         ///< >= 1
-  Duration takeover_after = std::chrono::seconds(30);  ///< default 3 x interval; > interval
+  Duration takeover_after = std::chrono::seconds(30);  ///< default 3 x interval
   Duration retry_backoff = std::chrono::seconds(10);
   Duration retry_backoff_max = std::chrono::minutes(10);  ///< >= retry_backoff
   int max_attempts = 5;                                   ///< >= 1

@@ -180,8 +180,10 @@ class Daemon {
 
   asio::awaitable<void> Heartbeat() {
     try {
-      co_await store_->HeartbeatInstance({settings_.daemon.instance, settings_.daemon.group,
-                                          HostName(), static_cast<int>(getpid()), WARP_VERSION});
+      // A named argument: see the note on GCC 12 in Scheduler::RunCycleUnguarded.
+      store::InstanceInfo info{settings_.daemon.instance, settings_.daemon.group, HostName(),
+                               static_cast<int>(getpid()), WARP_VERSION};
+      co_await store_->HeartbeatInstance(std::move(info));
     } catch (const std::exception& e) {
       log_.Warn(Event::kStoreError, {}, "instance heartbeat failed: {}", e.what());
     }

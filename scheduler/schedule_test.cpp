@@ -47,7 +47,7 @@ TEST(Schedule, EveryAlignsOccurrencesToTheEpoch) {
 
 TEST(Schedule, CronUsesTheLatestMatchingMinute) {
   Schedule s(Cron("s", "30 3 * * *"));
-  EXPECT_EQ(s.LatestOccurrence(Utc(kDay, 2h)), Utc(kDay - std::chrono::days(1), 3h + 30min));
+  EXPECT_EQ(s.LatestOccurrence(Utc(kDay, 2h)), Utc(kDay, 3h + 30min) - std::chrono::days(1));
   EXPECT_EQ(s.LatestOccurrence(Utc(kDay, 4h)), Utc(kDay, 3h + 30min));
 }
 

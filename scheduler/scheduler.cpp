@@ -159,8 +159,11 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(CycleReport& report) {
   const auto slot = SlotAt(now, settings_.interval);
   report.cycle_id = CycleId(daemon_.group, settings_.interval, slot.index);
 
-  auto claim = co_await store_.ClaimCycle(
-      {report.cycle_id, daemon_.group, daemon_.instance, settings_.takeover_after});
+  // Arguments of co_await'ed calls are named locals: GCC 12 destroys a braced temporary
+  // twice when it is passed by value into a coroutine inside a co_await expression.
+  store::CycleClaim request{report.cycle_id, daemon_.group, daemon_.instance,
+                            settings_.takeover_after};
+  auto claim = co_await store_.ClaimCycle(std::move(request));
   switch (claim.outcome) {
     case store::ClaimResult::Outcome::kAlreadyCompleted:
       report.outcome = CycleReport::Outcome::kAlreadyCompleted;
@@ -332,7 +335,8 @@ store::Task<void> Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchRes
     completion.transport_error = result.status == DispatchResult::Status::kTransportError;
     completion.retry = result.retry;
     try {
-      auto done = co_await store_.CompleteWork(completion, RetryPolicyOf(settings_));
+      const auto retry = RetryPolicyOf(settings_);
+      auto done = co_await store_.CompleteWork(completion, retry);
       if (!done.accepted()) {
         log_.Warn(Event::kCompletionRejected, fields,
                   "completion of work {} refused ({}): the lease is no longer ours", r.work_id,

@@ -407,9 +407,14 @@ TEST_F(SchedulerTest, SchedulesAreMaterializedOncePerOccurrence) {
   Build();
   Agent("erp-sales", 1);
   EXPECT_EQ(Cycle().counts.materialized, 1);
-  clock_.Advance(60s);
+  ASSERT_EQ(runner_->dispatches.size(), 1u);
+  runner_->Finish(0, {DispatchResult::Status::kDone, "", true});
+  Settle();
+  clock_.Advance(60s);  // same 5 min occurrence, next cycle slot
   EXPECT_EQ(Cycle().counts.materialized, 0);
-  EXPECT_EQ(runner_->dispatches.size(), 1u);
+  EXPECT_EQ(runner_->dispatches.size(), 1u) << "the occurrence's work ran once";
+  clock_.Advance(5min);
+  EXPECT_EQ(Cycle().counts.materialized, 1) << "the next occurrence is new work";
 }
 
 TEST_F(SchedulerTest, DrainStopsWorkStillRunningAfterTheGraceAndLeavesItsLease) {

@@ -1,1 +1,270 @@
-// placeholder, being written
+// Real warpd processes: command line, exit codes, --once, drain on SIGTERM, reload on SIGHUP.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "warpd-test-XXXXXX").string();
+    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+void WriteFile(const fs::path& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+}
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+/// A warpd child process whose stdout and stderr go to files.
+class Warpd {
+ public:
+  Warpd(const fs::path& dir, std::vector<std::string> args)
+      : out_(dir / "stdout.log"), err_(dir / "stderr.log") {
+    std::vector<std::string> argv{WARPD_PATH};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<char*> cargv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 2, err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int rc = posix_spawn(&pid_, WARPD_PATH, &fa, nullptr, cargv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) throw std::runtime_error("cannot start warpd");
+  }
+  ~Warpd() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  void Signal(int signo) { kill(pid_, signo); }
+
+  /// Waits for the exit; returns the exit status, or -1 on timeout / death by signal.
+  int Wait(std::chrono::milliseconds limit = 20s) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      pid_t r = waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+
+  /// Waits until stderr contains `text` (counting from `from`); returns the position after it.
+  bool WaitForLog(const std::string& text, std::chrono::milliseconds limit = 15s) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (Err().find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  }
+
+  std::string Out() const { return ReadFile(out_); }
+  std::string Err() const { return ReadFile(err_); }
+
+ private:
+  fs::path out_;
+  fs::path err_;
+  pid_t pid_ = -1;
+};
+
+std::string Config(const std::string& interval, const std::string& command,
+                   const std::string& grace = "5s") {
+  return R"([daemon]
+instance = "proc-test"
+shutdown_grace = ")" + grace + R"("
+
+[store]
+backend = "memory"
+fixtures = "fixtures.toml"
+
+[scheduler]
+interval = ")" + interval + R"("
+
+[leasing]
+ttl = "10s"
+renew_every = "2s"
+
+[runner.work]
+transport = "exec"
+command = )" + command + R"(
+timeout = "30s"
+kill_grace = "1s"
+)";
+}
+
+constexpr const char* kFixtures = R"([[tool_profile]]
+id = "p"
+operations = ["sync"]
+
+[[agent]]
+slug = "erp-sales"
+display_name = "ERP sales"
+domain = "sales"
+tool_profile = "p"
+runner = "work"
+business_link = "spindle:req-1"
+max_active = 2
+
+[[work]]
+agent = "erp-sales"
+kind = "sync"
+payload = { n = 1 }
+
+[[work]]
+agent = "erp-sales"
+kind = "sync"
+payload = { n = 2 }
+)";
+
+class DaemonProcess : public ::testing::Test {
+ protected:
+  void SetUp() override { WriteFile(dir_.path() / "fixtures.toml", kFixtures); }
+  fs::path WriteConfig(const std::string& text) {
+    auto path = dir_.path() / "warpd.toml";
+    WriteFile(path, text);
+    return path;
+  }
+  TempDir dir_;
+};
+
+TEST_F(DaemonProcess, VersionPrintsTheVersionAndExitsZero) {
+  Warpd warpd(dir_.path(), {"--version"});
+  EXPECT_EQ(warpd.Wait(), 0);
+  EXPECT_NE(warpd.Out().find("warpd " WARP_VERSION), std::string::npos) << warpd.Out();
+}
+
+TEST_F(DaemonProcess, AnUnknownOptionIsAUsageError) {
+  Warpd warpd(dir_.path(), {"--no-such-flag"});
+  EXPECT_EQ(warpd.Wait(), 64);
+  EXPECT_NE(warpd.Err().find("--no-such-flag"), std::string::npos) << warpd.Err();
+}
+
+TEST_F(DaemonProcess, CheckConfigAcceptsAGoodFileAndExitsZero) {
+  auto path = WriteConfig(Config("1s", R"(["/bin/true"])"));
+  Warpd warpd(dir_.path(), {"--check-config", "--config", path.string()});
+  EXPECT_EQ(warpd.Wait(), 0) << warpd.Err();
+  EXPECT_NE(warpd.Out().find("configuration ok"), std::string::npos);
+}
+
+TEST_F(DaemonProcess, CheckConfigNamesFileLineColumnAndKeyOfABadValueAndExits78) {
+  auto path = WriteConfig(Config("1s", R"(["/bin/true"])") + "\n[leasing2]\nx = 1\n");
+  Warpd warpd(dir_.path(), {"--check-config", "--config", path.string()});
+  EXPECT_EQ(warpd.Wait(), 78);
+  const auto err = warpd.Err();
+  EXPECT_NE(err.find(path.string() + ":"), std::string::npos) << err;
+  EXPECT_NE(err.find("leasing2"), std::string::npos) << err;
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << "one line: " << err;
+}
+
+TEST_F(DaemonProcess, StartingWithABadConfigExits78WithoutRunning) {
+  auto path = WriteConfig("[scheduler]\ninterval = \"ten seconds\"\n");
+  Warpd warpd(dir_.path(), {"--config", path.string()});
+  EXPECT_EQ(warpd.Wait(), 78);
+  EXPECT_NE(warpd.Err().find(path.string() + ":2:"), std::string::npos) << warpd.Err();
+  EXPECT_NE(warpd.Err().find("scheduler.interval"), std::string::npos) << warpd.Err();
+}
+
+TEST_F(DaemonProcess, OnceRunsOneCycleWaitsForItsWorkAndExitsZero) {
+  auto path = WriteConfig(Config("1s", R"(["/bin/sh", "-c", "cat; echo; echo worked"])"));
+  Warpd warpd(dir_.path(), {"--once", "--config", path.string(), "--log-format", "json"});
+  EXPECT_EQ(warpd.Wait(), 0) << warpd.Err();
+  const auto err = warpd.Err();
+  EXPECT_NE(err.find(R"("event":"cycle_completed")"), std::string::npos) << err;
+  EXPECT_NE(err.find("dispatched=2"), std::string::npos) << err;
+  EXPECT_NE(err.find(R"({\"n\":1})"), std::string::npos) << "the payload reached stdin: " << err;
+  size_t worked = 0;
+  for (size_t p = err.find("worked"); p != std::string::npos; p = err.find("worked", p + 1)) {
+    ++worked;
+  }
+  EXPECT_EQ(worked, 2u);
+  EXPECT_NE(err.find(R"("event":"daemon_stopped")"), std::string::npos) << err;
+}
+
+TEST_F(DaemonProcess, SigtermDrainsInFlightWorkThenExitsZero) {
+  auto path = WriteConfig(Config("1s", R"(["/bin/sh", "-c", "sleep 1; echo finished-work"])"));
+  Warpd warpd(dir_.path(), {"--config", path.string(), "--log-format", "text"});
+  ASSERT_TRUE(warpd.WaitForLog("dispatching work")) << warpd.Err();
+  warpd.Signal(SIGTERM);
+  EXPECT_EQ(warpd.Wait(), 0) << warpd.Err();
+  const auto err = warpd.Err();
+  EXPECT_NE(err.find("stopping: no new cycles"), std::string::npos) << err;
+  EXPECT_NE(err.find("finished-work"), std::string::npos) << "in-flight work finished: " << err;
+  EXPECT_NE(err.find("done"), std::string::npos) << err;
+  EXPECT_NE(err.find("warpd stopped"), std::string::npos) << err;
+}
+
+TEST_F(DaemonProcess, SigtermStopsWorkThatOutlivesTheShutdownGrace) {
+  auto path = WriteConfig(Config("1s", R"(["/bin/sleep", "60"])", "300ms"));
+  Warpd warpd(dir_.path(), {"--config", path.string(), "--log-format", "text"});
+  ASSERT_TRUE(warpd.WaitForLog("dispatching work")) << warpd.Err();
+  const auto start = std::chrono::steady_clock::now();
+  warpd.Signal(SIGINT);
+  EXPECT_EQ(warpd.Wait(), 0) << warpd.Err();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  const auto err = warpd.Err();
+  EXPECT_NE(err.find("shutdown grace elapsed"), std::string::npos) << err;
+  EXPECT_NE(err.find("left to expire"), std::string::npos) << err;
+}
+
+TEST_F(DaemonProcess, SighupAppliesAChangedIntervalAndKeepsTheOldConfigWhenTheNewOneIsBroken) {
+  auto path = WriteConfig(Config("1s", R"(["/bin/true"])"));
+  Warpd warpd(dir_.path(), {"--config", path.string(), "--log-format", "text"});
+  ASSERT_TRUE(warpd.WaitForLog("started")) << warpd.Err();
+
+  WriteConfig(Config("3s", R"(["/bin/true"])"));
+  warpd.Signal(SIGHUP);
+  ASSERT_TRUE(warpd.WaitForLog("configuration reloaded")) << warpd.Err();
+  EXPECT_NE(warpd.Err().find("interval 3000ms"), std::string::npos) << warpd.Err();
+  ASSERT_TRUE(warpd.WaitForLog("/3000ms/")) << "cycles use the new interval: " << warpd.Err();
+
+  WriteConfig("[scheduler]\ninterval = 5\n");
+  warpd.Signal(SIGHUP);
+  ASSERT_TRUE(warpd.WaitForLog("reload rejected")) << warpd.Err();
+  EXPECT_NE(warpd.Err().find(path.string() + ":2:"), std::string::npos) << warpd.Err();
+
+  warpd.Signal(SIGTERM);
+  EXPECT_EQ(warpd.Wait(), 0) << warpd.Err();
+}
+
+}  // namespace
