@@ -74,12 +74,21 @@ void Scheduler::Reconfigure(const config::Settings& settings, RunnerSet runners)
 }
 
 store::Task<void> Scheduler::TickLoop() {
+  // The slot the last tick was for. Each tick names its slot, so a timer that wakes a little
+  // before the boundary (steady vs. store clock) still runs the slot it was armed for, and a
+  // late tick runs the current slot instead of replaying missed ones.
+  std::optional<std::int64_t> last_target;
   while (ticking_) {
-    store::Duration delay = settings_.interval;
+    const auto interval = settings_.interval;
+    store::Duration delay = interval;
+    std::optional<std::int64_t> target;
     try {
       const auto now = co_await store_.Now();
-      const auto slot = SlotAt(now, settings_.interval);
-      delay = std::chrono::duration_cast<store::Duration>(slot.end - now);
+      const auto current = SlotAt(now, interval).index;
+      // The first tick runs the current slot at once; later ones the next slot.
+      target = last_target ? std::max(*last_target + 1, current) : current;
+      delay = std::chrono::duration_cast<store::Duration>(
+          store::TimePoint(interval * *target) - now);
       if (settings_.jitter.count() > 0) {
         std::uniform_int_distribution<std::int64_t> pick(0, settings_.jitter.count() - 1);
         delay += store::Duration(pick(jitter_rng_));
@@ -88,16 +97,21 @@ store::Task<void> Scheduler::TickLoop() {
       log_.Error(Event::kStoreError, {}, "cannot read store time: {}; retrying in {}ms", e.what(),
                  delay.count());
     }
-    tick_timer_.expires_after(delay);
+    tick_timer_.expires_after(std::max(delay, store::Duration::zero()));
     boost::system::error_code ec;
     co_await tick_timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
     if (!ticking_) break;
-    if (ec == boost::asio::error::operation_aborted) continue;  // reconfigured
-    OnTick();
+    if (ec == boost::asio::error::operation_aborted || interval != settings_.interval) {
+      last_target.reset();  // reconfigured: slots of another interval
+      continue;
+    }
+    if (!target) continue;
+    last_target = target;
+    OnTick(*target);
   }
 }
 
-void Scheduler::OnTick() {
+void Scheduler::OnTick(std::optional<std::int64_t> slot) {
   if (cycle_running_) {
     ++overruns_;
     log_.Warn(Event::kCycleOverrun, {.cycle_id = last_report_.cycle_id},
@@ -107,16 +121,16 @@ void Scheduler::OnTick() {
   }
   // Marked before the coroutine starts, so a second tick queued behind this one sees it.
   cycle_running_ = true;
-  boost::asio::co_spawn(executor_, RunCycle(), boost::asio::detached);
+  boost::asio::co_spawn(executor_, RunCycle(slot), boost::asio::detached);
 }
 
-store::Task<CycleReport> Scheduler::RunCycle() {
+store::Task<CycleReport> Scheduler::RunCycle(std::optional<std::int64_t> slot) {
   cycle_running_ = true;
   const auto started = SteadyClock::now();
   CycleReport report;
   std::string failure;
   try {
-    co_await RunCycleUnguarded(report);
+    co_await RunCycleUnguarded(slot, report);
   } catch (const std::exception& e) {
     failure = e.what();
   }
@@ -154,10 +168,11 @@ store::Task<CycleReport> Scheduler::RunCycle() {
   co_return report;
 }
 
-store::Task<CycleReport> Scheduler::RunCycleUnguarded(CycleReport& report) {
+store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t> slot,
+                                                      CycleReport& report) {
   const auto now = co_await store_.Now();
-  const auto slot = SlotAt(now, settings_.interval);
-  report.cycle_id = CycleId(daemon_.group, settings_.interval, slot.index);
+  const auto index = slot.value_or(SlotAt(now, settings_.interval).index);
+  report.cycle_id = CycleId(daemon_.group, settings_.interval, index);
 
   // Arguments of co_await'ed calls are named locals: GCC 12 destroys a braced temporary
   // twice when it is passed by value into a coroutine inside a co_await expression.

@@ -62,9 +62,9 @@ class Scheduler {
   /// Applies reloaded settings; the next tick uses the new interval.
   void Reconfigure(const config::Settings& settings, RunnerSet runners);
 
-  /// Runs one cycle for the slot of the store's current time. Never throws: a failure is
-  /// logged and reported as kFailed.
-  store::Task<CycleReport> RunCycle();
+  /// Runs one cycle for `slot` (default: the slot of the store's current time). Never throws:
+  /// a failure is logged and reported as kFailed.
+  store::Task<CycleReport> RunCycle(std::optional<std::int64_t> slot = std::nullopt);
 
   /// Stops ticking, lets in-flight dispatches finish for up to `grace`, then stops the rest;
   /// their leases are left to expire so their work returns to pending.
@@ -73,8 +73,9 @@ class Scheduler {
   /// Called after every cycle (the daemon reports it to systemd).
   void OnCycle(std::function<void(const CycleReport&)> callback) { on_cycle_ = std::move(callback); }
 
-  /// A tick arrived: runs a cycle unless the previous one still runs (then counts an overrun).
-  void OnTick();
+  /// A tick for `slot` arrived: runs its cycle unless the previous one still runs (then counts
+  /// an overrun).
+  void OnTick(std::optional<std::int64_t> slot = std::nullopt);
 
   std::size_t inflight() const { return inflight_.size(); }
   std::uint64_t overruns() const { return overruns_; }
@@ -88,7 +89,8 @@ class Scheduler {
     std::string stop_reason;  // set when we stopped it: no completion is reported then
   };
 
-  store::Task<CycleReport> RunCycleUnguarded(CycleReport& report);
+  store::Task<CycleReport> RunCycleUnguarded(std::optional<std::int64_t> slot,
+                                             CycleReport& report);
   void StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent);
   store::Task<void> FinishDispatch(store::LeaseId lease_id, DispatchResult result);
   store::Task<void> TickLoop();

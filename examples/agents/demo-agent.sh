@@ -4,13 +4,16 @@
 # A payload containing "fail": true always fails; other work fails about one time in five.
 payload=$(cat)
 echo "agent ${WARP_AGENT}: work ${WARP_WORK_ID} (${WARP_WORK_KIND}) lease ${WARP_LEASE_ID} token ${WARP_FENCING_TOKEN} payload ${payload}"
-sleep "$(awk 'BEGIN { srand(); printf "%.1f", 0.5 + rand() * 2.5 }')"
+# Two independent random numbers from the kernel: how long to work, and whether to fail.
+r=$(od -An -N4 -tu2 /dev/urandom)
+set -- $r
+sleep "$(($1 % 3 + 1))"
 case "$payload" in
   *'"fail":true'* | *'"fail": true'*)
     echo "agent ${WARP_AGENT}: this work always fails" >&2
     exit 2 ;;
 esac
-if [ "$(awk 'BEGIN { srand(); print int(rand() * 5) }')" = 0 ]; then
+if [ $(($2 % 5)) -eq 0 ]; then
   echo "agent ${WARP_AGENT}: transient failure, please retry" >&2
   exit 1
 fi
