@@ -48,6 +48,32 @@ void ExpectError(const ConfigError& e, int line, int column, std::string_view ke
   EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
 }
 
+/// A file that fails to load, and the error it must raise: one test each, named `name`.
+struct ErrorCase {
+  std::string_view name;
+  std::string toml;  ///< followed by a memory [store] unless `with_memory_store` is false
+  int line;
+  int column;
+  std::string_view key;
+  std::string_view message_part;
+  bool with_memory_store = true;
+};
+
+void PrintTo(const ErrorCase& c, std::ostream* out) {
+  *out << c.name;
+}
+
+std::string CaseName(const testing::TestParamInfo<ErrorCase>& info) {
+  return std::string(info.param.name);
+}
+
+class LoadErrorTest : public testing::TestWithParam<ErrorCase> {};
+
+TEST_P(LoadErrorTest, RaisesTheErrorAtLineColumnAndKey) {
+  const ErrorCase& c = GetParam();
+  ExpectError(ErrorOf(c.toml, c.with_memory_store), c.line, c.column, c.key, c.message_part);
+}
+
 // --- durations --------------------------------------------------------------------------------
 
 TEST(ParseDurationTest, AcceptsEveryUnitAndCombinedGroups) {
@@ -543,199 +569,131 @@ misfire = "skip"
 
 // --- unknown keys -----------------------------------------------------------------------------
 
-TEST(UnknownKeyTest, UnknownTopLevelTableIsRejectedAtItsName) {
-  ExpectError(ErrorOf("[deamon]\ninstance = \"a\"\n"), 1, 2, "deamon", "unknown key");
-}
-
-TEST(UnknownKeyTest, UnknownTopLevelKeyIsRejected) {
-  ExpectError(ErrorOf("interval = \"10s\"\n"), 1, 1, "interval", "unknown key");
-}
-
-TEST(UnknownKeyTest, UnknownKeyInASectionIsRejectedAtTheKey) {
-  ExpectError(ErrorOf("[leasing]\nttl = \"60s\"\n  renew = \"10s\"\n"), 3, 3, "leasing.renew",
-              "unknown key");
-}
-
-TEST(UnknownKeyTest, FirstUnknownKeyInDocumentOrderIsReported) {
-  ExpectError(ErrorOf("[log]\nzzz = 1\naaa = 2\n"), 2, 1, "log.zzz", "unknown key");
-}
-
-TEST(UnknownKeyTest, UnknownKeyInARunnerIsRejected) {
-  ExpectError(ErrorOf(R"([runner.demo]
+const ErrorCase kUnknownKeyCases[] = {
+    {"UnknownTopLevelTableIsRejectedAtItsName", "[deamon]\ninstance = \"a\"\n", 1, 2, "deamon",
+     "unknown key"},
+    {"UnknownTopLevelKeyIsRejected", "interval = \"10s\"\n", 1, 1, "interval", "unknown key"},
+    {"UnknownKeyInASectionIsRejectedAtTheKey", "[leasing]\nttl = \"60s\"\n  renew = \"10s\"\n", 3,
+     3, "leasing.renew", "unknown key"},
+    {"FirstUnknownKeyInDocumentOrderIsReported", "[log]\nzzz = 1\naaa = 2\n", 2, 1, "log.zzz",
+     "unknown key"},
+    {"UnknownKeyInARunnerIsRejected", R"([runner.demo]
 transport = "exec"
 command = ["/bin/true"]
 comand = ["/bin/false"]
-)"),
-              4, 1, "runner.demo.comand", "unknown key");
-}
-
-TEST(UnknownKeyTest, UnknownKeyInAScheduleIsRejected) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     4, 1, "runner.demo.comand", "unknown key"},
+    {"UnknownKeyInAScheduleIsRejected", R"([[schedule]]
 name = "a"
 domain = "sales"
 evry = "1m"
 kind = "sync"
-)"),
-              4, 1, "schedule[0].evry", "unknown key");
-}
+)",
+     4, 1, "schedule[0].evry", "unknown key"},
+};
+INSTANTIATE_TEST_SUITE_P(UnknownKeyTest, LoadErrorTest, testing::ValuesIn(kUnknownKeyCases),
+                         CaseName);
 
 // --- wrong types ------------------------------------------------------------------------------
 
-TEST(WrongTypeTest, StringForAnIntegerIsRejectedAtTheValue) {
-  ExpectError(ErrorOf("[scheduler]\nmax_inflight = \"64\"\n"), 2, 16, "scheduler.max_inflight",
-              "expected an integer, found a string");
-}
-
-TEST(WrongTypeTest, IntegerForADurationIsRejected) {
-  ExpectError(ErrorOf("[scheduler]\ninterval = 10\n"), 2, 12, "scheduler.interval",
-              "expected a duration string");
-}
-
-TEST(WrongTypeTest, SectionThatIsNotATableIsRejected) {
-  ExpectError(ErrorOf("daemon = 1\n"), 1, 10, "daemon", "expected a table, found an integer");
-}
-
-TEST(WrongTypeTest, NonStringInAStringArrayIsRejectedAtTheElement) {
-  ExpectError(ErrorOf("[watchdog]\ndisabled_rules = [\"clock_skew\", 7]\n"), 2, 33,
-              "watchdog.disabled_rules[1]", "expected a string, found an integer");
-}
-
-TEST(WrongTypeTest, RunnerThatIsNotATableIsRejected) {
-  ExpectError(ErrorOf("[runner]\ndemo = \"exec\"\n"), 2, 8, "runner.demo",
-              "expected a table, found a string");
-}
-
-TEST(WrongTypeTest, ScheduleThatIsNotAnArrayOfTablesIsRejected) {
-  ExpectError(ErrorOf("[schedule]\nname = \"a\"\n"), 1, 1, "schedule",
-              "expected an array of tables ([[schedule]])");
-}
-
-TEST(WrongTypeTest, FloatForACountIsRejected) {
-  ExpectError(ErrorOf("[leasing]\ndefault_max_active = 1.5\n"), 2, 22, "leasing.default_max_active",
-              "expected an integer, found a float");
-}
+const ErrorCase kWrongTypeCases[] = {
+    {"StringForAnIntegerIsRejectedAtTheValue", "[scheduler]\nmax_inflight = \"64\"\n", 2, 16,
+     "scheduler.max_inflight", "expected an integer, found a string"},
+    {"IntegerForADurationIsRejected", "[scheduler]\ninterval = 10\n", 2, 12, "scheduler.interval",
+     "expected a duration string"},
+    {"SectionThatIsNotATableIsRejected", "daemon = 1\n", 1, 10, "daemon",
+     "expected a table, found an integer"},
+    {"NonStringInAStringArrayIsRejectedAtTheElement",
+     "[watchdog]\ndisabled_rules = [\"clock_skew\", 7]\n", 2, 33, "watchdog.disabled_rules[1]",
+     "expected a string, found an integer"},
+    {"RunnerThatIsNotATableIsRejected", "[runner]\ndemo = \"exec\"\n", 2, 8, "runner.demo",
+     "expected a table, found a string"},
+    {"ScheduleThatIsNotAnArrayOfTablesIsRejected", "[schedule]\nname = \"a\"\n", 1, 1, "schedule",
+     "expected an array of tables ([[schedule]])"},
+    {"FloatForACountIsRejected", "[leasing]\ndefault_max_active = 1.5\n", 2, 22,
+     "leasing.default_max_active", "expected an integer, found a float"},
+};
+INSTANTIATE_TEST_SUITE_P(WrongTypeTest, LoadErrorTest, testing::ValuesIn(kWrongTypeCases),
+                         CaseName);
 
 // --- malformed and out-of-range values --------------------------------------------------------
 
-TEST(ValueTest, MalformedDurationIsRejected) {
-  ExpectError(ErrorOf("[leasing]\nttl = \"60 s\"\n"), 2, 7, "leasing.ttl", "malformed duration");
-}
-
-TEST(ValueTest, NegativeDurationIsRejected) {
-  ExpectError(ErrorOf("[daemon]\nshutdown_grace = \"-5s\"\n"), 2, 18, "daemon.shutdown_grace",
-              "malformed duration");
-}
-
-TEST(ValueTest, SchedulerIntervalBelowOneSecondIsRejected) {
-  ExpectError(ErrorOf("[scheduler]\ninterval = \"500ms\"\n"), 2, 12, "scheduler.interval",
-              "must be at least 1s");
-}
-
-TEST(ValueTest, SchedulerIntervalAboveOneDayIsRejected) {
-  ExpectError(ErrorOf("[scheduler]\ninterval = \"25h\"\n"), 2, 12, "scheduler.interval",
-              "must be at most 1d");
-}
+const ErrorCase kValueCases[] = {
+    {"MalformedDurationIsRejected", "[leasing]\nttl = \"60 s\"\n", 2, 7, "leasing.ttl",
+     "malformed duration"},
+    {"NegativeDurationIsRejected", "[daemon]\nshutdown_grace = \"-5s\"\n", 2, 18,
+     "daemon.shutdown_grace", "malformed duration"},
+    {"SchedulerIntervalBelowOneSecondIsRejected", "[scheduler]\ninterval = \"500ms\"\n", 2, 12,
+     "scheduler.interval", "must be at least 1s"},
+    {"SchedulerIntervalAboveOneDayIsRejected", "[scheduler]\ninterval = \"25h\"\n", 2, 12,
+     "scheduler.interval", "must be at most 1d"},
+    {"ZeroPeriodIsRejected", "[watchdog]\ninterval = \"0s\"\n", 2, 12, "watchdog.interval",
+     "must be more than 0s"},
+    {"ZeroCountIsRejected", "[scheduler]\nmax_attempts = 0\n", 2, 16, "scheduler.max_attempts",
+     "must be at least 1"},
+    {"NegativeCountIsRejected", "[leasing]\ndefault_max_active = -1\n", 2, 22,
+     "leasing.default_max_active", "must be at least 1"},
+    {"CountBeyondIntIsRejected", "[watchdog]\nfailure_streak = 4294967296\n", 2, 18,
+     "watchdog.failure_streak", "must be at most 2147483647"},
+    {"InstanceOutsideTheAllowedCharactersIsRejected", "[daemon]\ninstance = \"Warp_A\"\n", 2, 12,
+     "daemon.instance", "must match [a-z0-9-]{1,63}"},
+    {"InstanceLongerThan63IsRejected", "[daemon]\ninstance = \"" + std::string(64, 'a') + "\"\n", 2,
+     12, "daemon.instance", "must match"},
+    {"EmptyGroupIsRejected", "[daemon]\ngroup = \"\"\n", 2, 9, "daemon.group", "must not be empty"},
+    {"UnknownLogLevelIsRejected", "[log]\nlevel = \"verbose\"\n", 2, 9, "log.level",
+     "must be one of trace, debug, info, warn, error, critical"},
+    {"UnknownLogFormatIsRejected", "[log]\nlevel = \"warn\"\nformat = \"xml\"\n", 3, 10,
+     "log.format", "must be one of auto, journal, text, json"},
+    {"UnknownStoreBackendIsRejected", "[store]\nbackend = \"sqlite\"\n", 2, 11, "store.backend",
+     "must be one of postgres, memory", /*with_memory_store=*/false},
+    {"UnknownWatchdogRuleIsRejectedAtTheElement",
+     "[watchdog]\ndisabled_rules = [\"cycle_missed\", \"nap_time\"]\n", 2, 35,
+     "watchdog.disabled_rules[1]", "unknown watchdog rule \"nap_time\""},
+    {"CycleOverrunFactorBelowOneIsRejected", "[watchdog]\ncycle_overrun_factor = 0.5\n", 2, 24,
+     "watchdog.cycle_overrun_factor", "at least 1.0"},
+};
+INSTANTIATE_TEST_SUITE_P(ValueTest, LoadErrorTest, testing::ValuesIn(kValueCases), CaseName);
 
 TEST(ValueTest, SchedulerIntervalBoundsAreAccepted) {
   EXPECT_EQ(LoadMemory("[scheduler]\ninterval = \"1s\"\n").scheduler.interval, seconds(1));
   EXPECT_EQ(LoadMemory("[scheduler]\ninterval = \"24h\"\n").scheduler.interval, hours(24));
 }
 
-TEST(ValueTest, ZeroPeriodIsRejected) {
-  ExpectError(ErrorOf("[watchdog]\ninterval = \"0s\"\n"), 2, 12, "watchdog.interval",
-              "must be more than 0s");
-}
-
-TEST(ValueTest, ZeroCountIsRejected) {
-  ExpectError(ErrorOf("[scheduler]\nmax_attempts = 0\n"), 2, 16, "scheduler.max_attempts",
-              "must be at least 1");
-}
-
-TEST(ValueTest, NegativeCountIsRejected) {
-  ExpectError(ErrorOf("[leasing]\ndefault_max_active = -1\n"), 2, 22, "leasing.default_max_active",
-              "must be at least 1");
-}
-
-TEST(ValueTest, CountBeyondIntIsRejected) {
-  ExpectError(ErrorOf("[watchdog]\nfailure_streak = 4294967296\n"), 2, 18,
-              "watchdog.failure_streak", "must be at most 2147483647");
-}
-
-TEST(ValueTest, InstanceOutsideTheAllowedCharactersIsRejected) {
-  ExpectError(ErrorOf("[daemon]\ninstance = \"Warp_A\"\n"), 2, 12, "daemon.instance",
-              "must match [a-z0-9-]{1,63}");
-}
-
-TEST(ValueTest, InstanceLongerThan63IsRejected) {
-  ExpectError(ErrorOf("[daemon]\ninstance = \"" + std::string(64, 'a') + "\"\n"), 2, 12,
-              "daemon.instance", "must match");
-}
-
-TEST(ValueTest, EmptyGroupIsRejected) {
-  ExpectError(ErrorOf("[daemon]\ngroup = \"\"\n"), 2, 9, "daemon.group", "must not be empty");
-}
-
-TEST(ValueTest, UnknownLogLevelIsRejected) {
-  ExpectError(ErrorOf("[log]\nlevel = \"verbose\"\n"), 2, 9, "log.level",
-              "must be one of trace, debug, info, warn, error, critical");
-}
-
-TEST(ValueTest, UnknownLogFormatIsRejected) {
-  ExpectError(ErrorOf("[log]\nlevel = \"warn\"\nformat = \"xml\"\n"), 3, 10, "log.format",
-              "must be one of auto, journal, text, json");
-}
-
-TEST(ValueTest, UnknownStoreBackendIsRejected) {
-  ExpectError(ErrorOf("[store]\nbackend = \"sqlite\"\n", false), 2, 11, "store.backend",
-              "must be one of postgres, memory");
-}
-
-TEST(ValueTest, UnknownWatchdogRuleIsRejectedAtTheElement) {
-  ExpectError(ErrorOf("[watchdog]\ndisabled_rules = [\"cycle_missed\", \"nap_time\"]\n"), 2, 35,
-              "watchdog.disabled_rules[1]", "unknown watchdog rule \"nap_time\"");
-}
-
-TEST(ValueTest, CycleOverrunFactorBelowOneIsRejected) {
-  ExpectError(ErrorOf("[watchdog]\ncycle_overrun_factor = 0.5\n"), 2, 24,
-              "watchdog.cycle_overrun_factor", "at least 1.0");
-}
-
 // --- inconsistent pairs -----------------------------------------------------------------------
 
-TEST(PairTest, RenewEveryOfHalfTheTtlIsRejectedAtRenewEvery) {
-  ExpectError(ErrorOf("[leasing]\nttl = \"60s\"\nrenew_every = \"30s\"\n"), 3, 15,
-              "leasing.renew_every", "must be less than leasing.ttl / 2");
-}
-
-TEST(PairTest, TtlTooShortForTheDefaultRenewEveryIsRejectedAtTtl) {
-  ExpectError(ErrorOf("[leasing]\nttl = \"40s\"\n"), 2, 7, "leasing.ttl",
-              "must be more than twice leasing.renew_every (20s)");
-}
+const ErrorCase kPairCases[] = {
+    {"RenewEveryOfHalfTheTtlIsRejectedAtRenewEvery",
+     "[leasing]\nttl = \"60s\"\nrenew_every = \"30s\"\n", 3, 15, "leasing.renew_every",
+     "must be less than leasing.ttl / 2"},
+    {"TtlTooShortForTheDefaultRenewEveryIsRejectedAtTtl", "[leasing]\nttl = \"40s\"\n", 2, 7,
+     "leasing.ttl", "must be more than twice leasing.renew_every (20s)"},
+    {"JitterNotBelowIntervalIsRejected", "[scheduler]\ninterval = \"10s\"\njitter = \"10s\"\n", 3,
+     10, "scheduler.jitter", "must be less than scheduler.interval (10s)"},
+    {"RetryBackoffMaxBelowRetryBackoffIsRejected",
+     "[scheduler]\nretry_backoff = \"5m\"\nretry_backoff_max = \"1m\"\n", 3, 21,
+     "scheduler.retry_backoff_max", "must be at least scheduler.retry_backoff (5m)"},
+    {"RetryBackoffAboveTheDefaultMaxIsRejectedAtRetryBackoff",
+     "[scheduler]\nretry_backoff = \"1h\"\n", 2, 17, "scheduler.retry_backoff",
+     "must be at most scheduler.retry_backoff_max (10m)"},
+    {"BacklogCriticalNotAboveWarningIsRejected",
+     "[watchdog]\nbacklog_age_warning = \"10m\"\nbacklog_age_critical = \"10m\"\n", 3, 24,
+     "watchdog.backlog_age_critical", "must be more than watchdog.backlog_age_warning (10m)"},
+    // No dsn for postgres, but the malformed duration is what the operator fixes first.
+    {"ErrorsOfSingleKeysComeBeforeInconsistentPairs", "[leasing]\nttl = \"1 minute\"\n", 2, 7,
+     "leasing.ttl", "malformed duration", /*with_memory_store=*/false},
+    {"PostgresWithoutDsnPointsAtTheStoreTable",
+     "[daemon]\ngroup = \"g\"\n\n[store]\nconnect_timeout = \"5s\"\n", 4, 1, "store.dsn",
+     "required when store.backend is \"postgres\"", /*with_memory_store=*/false},
+    {"PostgresWithoutStoreTablePointsAtTheStartOfTheFile", "[daemon]\ngroup = \"g\"\n", 1, 1,
+     "store.dsn", "required when store.backend is \"postgres\"", /*with_memory_store=*/false},
+    {"PostgresWithEmptyDsnPointsAtTheDsn", "[store]\ndsn = \"\"\n", 2, 7, "store.dsn",
+     "must not be empty", /*with_memory_store=*/false},
+};
+INSTANTIATE_TEST_SUITE_P(PairTest, LoadErrorTest, testing::ValuesIn(kPairCases), CaseName);
 
 TEST(PairTest, RenewEveryJustBelowHalfTheTtlIsAccepted) {
   const Settings s = LoadMemory("[leasing]\nttl = \"60s\"\nrenew_every = \"29999ms\"\n");
   EXPECT_EQ(s.leasing.renew_every, milliseconds(29'999));
-}
-
-TEST(PairTest, JitterNotBelowIntervalIsRejected) {
-  ExpectError(ErrorOf("[scheduler]\ninterval = \"10s\"\njitter = \"10s\"\n"), 3, 10,
-              "scheduler.jitter", "must be less than scheduler.interval (10s)");
-}
-
-TEST(PairTest, RetryBackoffMaxBelowRetryBackoffIsRejected) {
-  ExpectError(ErrorOf("[scheduler]\nretry_backoff = \"5m\"\nretry_backoff_max = \"1m\"\n"), 3, 21,
-              "scheduler.retry_backoff_max", "must be at least scheduler.retry_backoff (5m)");
-}
-
-TEST(PairTest, RetryBackoffAboveTheDefaultMaxIsRejectedAtRetryBackoff) {
-  ExpectError(ErrorOf("[scheduler]\nretry_backoff = \"1h\"\n"), 2, 17, "scheduler.retry_backoff",
-              "must be at most scheduler.retry_backoff_max (10m)");
-}
-
-TEST(PairTest, BacklogCriticalNotAboveWarningIsRejected) {
-  ExpectError(
-      ErrorOf("[watchdog]\nbacklog_age_warning = \"10m\"\nbacklog_age_critical = \"10m\"\n"), 3, 24,
-      "watchdog.backlog_age_critical", "must be more than watchdog.backlog_age_warning (10m)");
 }
 
 TEST(PairTest, TakeoverAfterShorterThanTheIntervalIsAllowed) {
@@ -744,130 +702,71 @@ TEST(PairTest, TakeoverAfterShorterThanTheIntervalIsAllowed) {
   EXPECT_EQ(s.scheduler.takeover_after, seconds(30));
 }
 
-TEST(PairTest, ErrorsOfSingleKeysComeBeforeInconsistentPairs) {
-  // No dsn for postgres, but the malformed duration is what the operator fixes first.
-  ExpectError(ErrorOf("[leasing]\nttl = \"1 minute\"\n", false), 2, 7, "leasing.ttl",
-              "malformed duration");
-}
-
-TEST(PairTest, PostgresWithoutDsnPointsAtTheStoreTable) {
-  ExpectError(ErrorOf("[daemon]\ngroup = \"g\"\n\n[store]\nconnect_timeout = \"5s\"\n", false), 4,
-              1, "store.dsn", "required when store.backend is \"postgres\"");
-}
-
-TEST(PairTest, PostgresWithoutStoreTablePointsAtTheStartOfTheFile) {
-  ExpectError(ErrorOf("[daemon]\ngroup = \"g\"\n", false), 1, 1, "store.dsn",
-              "required when store.backend is \"postgres\"");
-}
-
-TEST(PairTest, PostgresWithEmptyDsnPointsAtTheDsn) {
-  ExpectError(ErrorOf("[store]\ndsn = \"\"\n", false), 2, 7, "store.dsn", "must not be empty");
-}
-
 // --- runners ----------------------------------------------------------------------------------
 
-TEST(RunnerTest, MissingTransportIsRejectedAtTheRunnerTable) {
-  ExpectError(ErrorOf("[runner.demo]\ncommand = [\"/bin/true\"]\n"), 1, 1, "runner.demo.transport",
-              "required");
-}
-
-TEST(RunnerTest, UnknownTransportIsRejected) {
-  ExpectError(ErrorOf("[runner.demo]\ntransport = \"ssh\"\n"), 2, 13, "runner.demo.transport",
-              "must be one of exec, http, notify, null");
-}
-
-TEST(RunnerTest, ExecWithoutCommandIsRejectedAtTheRunnerTable) {
-  ExpectError(ErrorOf("[runner.demo]\ntransport = \"exec\"\n"), 1, 1, "runner.demo.command",
-              "required for an exec runner");
-}
-
-TEST(RunnerTest, ExecWithEmptyCommandIsRejected) {
-  ExpectError(ErrorOf("[runner.demo]\ntransport = \"exec\"\ncommand = []\n"), 3, 11,
-              "runner.demo.command", "must not be empty");
-}
-
-TEST(RunnerTest, ExecWithEmptyProgramIsRejected) {
-  ExpectError(ErrorOf("[runner.demo]\ntransport = \"exec\"\ncommand = [\"\", \"x\"]\n"), 3, 12,
-              "runner.demo.command[0]", "the program must not be empty");
-}
-
-TEST(RunnerTest, ExecCommandWithANonStringIsRejectedAtTheElement) {
-  ExpectError(ErrorOf("[runner.demo]\ntransport = \"exec\"\ncommand = [\"/bin/echo\", 42]\n"), 3,
-              25, "runner.demo.command[1]", "expected a string, found an integer");
-}
-
-TEST(RunnerTest, ExecCommandThatIsAStringIsRejected) {
-  ExpectError(ErrorOf("[runner.demo]\ntransport = \"exec\"\ncommand = \"/bin/true --once\"\n"), 3,
-              11, "runner.demo.command", "expected an array of strings, found a string");
-}
-
-TEST(RunnerTest, HttpWithoutUrlIsRejectedAtTheRunnerTable) {
-  ExpectError(ErrorOf("[runner.hook]\ntransport = \"http\"\n"), 1, 1, "runner.hook.url",
-              "required for an http runner");
-}
-
-TEST(RunnerTest, HttpWithANonHttpUrlIsRejected) {
-  ExpectError(ErrorOf("[runner.hook]\ntransport = \"http\"\nurl = \"ftp://host/x\"\n"), 3, 7,
-              "runner.hook.url", "http:// or https://");
-}
-
-TEST(RunnerTest, UrlOnAnExecRunnerIsRejectedAtTheKey) {
-  ExpectError(ErrorOf(R"([runner.demo]
+const ErrorCase kRunnerCases[] = {
+    {"MissingTransportIsRejectedAtTheRunnerTable", "[runner.demo]\ncommand = [\"/bin/true\"]\n", 1,
+     1, "runner.demo.transport", "required"},
+    {"UnknownTransportIsRejected", "[runner.demo]\ntransport = \"ssh\"\n", 2, 13,
+     "runner.demo.transport", "must be one of exec, http, notify, null"},
+    {"ExecWithoutCommandIsRejectedAtTheRunnerTable", "[runner.demo]\ntransport = \"exec\"\n", 1, 1,
+     "runner.demo.command", "required for an exec runner"},
+    {"ExecWithEmptyCommandIsRejected", "[runner.demo]\ntransport = \"exec\"\ncommand = []\n", 3, 11,
+     "runner.demo.command", "must not be empty"},
+    {"ExecWithEmptyProgramIsRejected",
+     "[runner.demo]\ntransport = \"exec\"\ncommand = [\"\", \"x\"]\n", 3, 12,
+     "runner.demo.command[0]", "the program must not be empty"},
+    {"ExecCommandWithANonStringIsRejectedAtTheElement",
+     "[runner.demo]\ntransport = \"exec\"\ncommand = [\"/bin/echo\", 42]\n", 3, 25,
+     "runner.demo.command[1]", "expected a string, found an integer"},
+    {"ExecCommandThatIsAStringIsRejected",
+     "[runner.demo]\ntransport = \"exec\"\ncommand = \"/bin/true --once\"\n", 3, 11,
+     "runner.demo.command", "expected an array of strings, found a string"},
+    {"HttpWithoutUrlIsRejectedAtTheRunnerTable", "[runner.hook]\ntransport = \"http\"\n", 1, 1,
+     "runner.hook.url", "required for an http runner"},
+    {"HttpWithANonHttpUrlIsRejected",
+     "[runner.hook]\ntransport = \"http\"\nurl = \"ftp://host/x\"\n", 3, 7, "runner.hook.url",
+     "http:// or https://"},
+    {"UrlOnAnExecRunnerIsRejectedAtTheKey", R"([runner.demo]
 transport = "exec"
 command = ["/bin/true"]
 url = "http://127.0.0.1/"
-)"),
-              4, 1, "runner.demo.url", "not a key of a runner with transport \"exec\"");
-}
-
-TEST(RunnerTest, CommandOnAnHttpRunnerIsRejectedAtTheKey) {
-  ExpectError(ErrorOf(R"([runner.hook]
+)",
+     4, 1, "runner.demo.url", "not a key of a runner with transport \"exec\""},
+    {"CommandOnAnHttpRunnerIsRejectedAtTheKey", R"([runner.hook]
 transport = "http"
 url = "http://127.0.0.1/"
 command = ["/bin/true"]
-)"),
-              4, 1, "runner.hook.command", "not a key of a runner with transport \"http\"");
-}
-
-TEST(RunnerTest, TimeoutOnANotifyRunnerIsRejected) {
-  ExpectError(ErrorOf("[runner.listen]\ntransport = \"notify\"\n  timeout = \"1m\"\n"), 3, 3,
-              "runner.listen.timeout", "not a key of a runner with transport \"notify\"");
-}
-
-TEST(RunnerTest, ChannelOnANullRunnerIsRejected) {
-  ExpectError(ErrorOf("[runner.noop]\ntransport = \"null\"\nchannel = \"x\"\n"), 3, 1,
-              "runner.noop.channel", "not a key of a runner with transport \"null\"");
-}
-
-TEST(RunnerTest, EmptyNotifyChannelIsRejected) {
-  ExpectError(ErrorOf("[runner.listen]\ntransport = \"notify\"\nchannel = \"\"\n"), 3, 11,
-              "runner.listen.channel", "must not be empty");
-}
+)",
+     4, 1, "runner.hook.command", "not a key of a runner with transport \"http\""},
+    {"TimeoutOnANotifyRunnerIsRejected",
+     "[runner.listen]\ntransport = \"notify\"\n  timeout = \"1m\"\n", 3, 3, "runner.listen.timeout",
+     "not a key of a runner with transport \"notify\""},
+    {"ChannelOnANullRunnerIsRejected", "[runner.noop]\ntransport = \"null\"\nchannel = \"x\"\n", 3,
+     1, "runner.noop.channel", "not a key of a runner with transport \"null\""},
+    {"EmptyNotifyChannelIsRejected", "[runner.listen]\ntransport = \"notify\"\nchannel = \"\"\n", 3,
+     11, "runner.listen.channel", "must not be empty"},
+};
+INSTANTIATE_TEST_SUITE_P(RunnerTest, LoadErrorTest, testing::ValuesIn(kRunnerCases), CaseName);
 
 // --- schedules --------------------------------------------------------------------------------
 
-TEST(ScheduleTest, NeitherEveryNorCronIsRejectedAtTheScheduleTable) {
-  ExpectError(ErrorOf(R"([[schedule]]
+const ErrorCase kScheduleCases[] = {
+    {"NeitherEveryNorCronIsRejectedAtTheScheduleTable", R"([[schedule]]
 name = "a"
 agents = ["erp-sales"]
 kind = "sync"
-)"),
-              1, 1, "schedule[0].every", "give exactly one of every and cron");
-}
-
-TEST(ScheduleTest, BothEveryAndCronAreRejectedAtCron) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     1, 1, "schedule[0].every", "give exactly one of every and cron"},
+    {"BothEveryAndCronAreRejectedAtCron", R"([[schedule]]
 name = "a"
 agents = ["erp-sales"]
 every = "15m"
 cron = "*/15 * * * *"
 kind = "sync"
-)"),
-              5, 1, "schedule[0].cron", "not both");
-}
-
-TEST(ScheduleTest, NeitherAgentsNorDomainIsRejectedNamingTheScheduleIndex) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     5, 1, "schedule[0].cron", "not both"},
+    {"NeitherAgentsNorDomainIsRejectedNamingTheScheduleIndex", R"([[schedule]]
 name = "a"
 domain = "sales"
 every = "1m"
@@ -877,23 +776,17 @@ kind = "sync"
 name = "b"
 every = "1m"
 kind = "sync"
-)"),
-              7, 1, "schedule[1].agents", "give exactly one of agents and domain");
-}
-
-TEST(ScheduleTest, BothAgentsAndDomainAreRejectedAtDomain) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     7, 1, "schedule[1].agents", "give exactly one of agents and domain"},
+    {"BothAgentsAndDomainAreRejectedAtDomain", R"([[schedule]]
 name = "a"
 agents = ["erp-sales"]
 domain = "sales"
 every = "1m"
 kind = "sync"
-)"),
-              4, 1, "schedule[0].domain", "not both");
-}
-
-TEST(ScheduleTest, DuplicateNameIsRejectedAtTheSecondName) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     4, 1, "schedule[0].domain", "not both"},
+    {"DuplicateNameIsRejectedAtTheSecondName", R"([[schedule]]
 name = "a"
 domain = "sales"
 every = "1m"
@@ -904,71 +797,51 @@ name = "a"
 domain = "buy"
 every = "1m"
 kind = "sync"
-)"),
-              8, 8, "schedule[1].name", "duplicate schedule name \"a\" (first used on line 2)");
-}
-
-TEST(ScheduleTest, MissingNameIsRejected) {
-  ExpectError(ErrorOf("[[schedule]]\ndomain = \"sales\"\nevery = \"1m\"\nkind = \"sync\"\n"), 1, 1,
-              "schedule[0].name", "required");
-}
-
-TEST(ScheduleTest, MissingKindIsRejected) {
-  ExpectError(ErrorOf("[[schedule]]\nname = \"a\"\ndomain = \"sales\"\nevery = \"1m\"\n"), 1, 1,
-              "schedule[0].kind", "required");
-}
-
-TEST(ScheduleTest, InvalidCronIsRejectedAtTheExpression) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     8, 8, "schedule[1].name", "duplicate schedule name \"a\" (first used on line 2)"},
+    {"MissingNameIsRejected", "[[schedule]]\ndomain = \"sales\"\nevery = \"1m\"\nkind = \"sync\"\n",
+     1, 1, "schedule[0].name", "required"},
+    {"MissingKindIsRejected", "[[schedule]]\nname = \"a\"\ndomain = \"sales\"\nevery = \"1m\"\n", 1,
+     1, "schedule[0].kind", "required"},
+    {"InvalidCronIsRejectedAtTheExpression", R"([[schedule]]
 name = "a"
 domain = "sales"
 cron = "61 * * * *"
 kind = "sync"
-)"),
-              4, 8, "schedule[0].cron", "invalid cron expression \"61 * * * *\"");
-}
-
-TEST(ScheduleTest, MalformedEveryIsRejected) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     4, 8, "schedule[0].cron", "invalid cron expression \"61 * * * *\""},
+    {"MalformedEveryIsRejected", R"([[schedule]]
 name = "a"
 domain = "sales"
 every = "15 minutes"
 kind = "sync"
-)"),
-              4, 9, "schedule[0].every", "malformed duration");
-}
-
-TEST(ScheduleTest, AgentThatIsNotASlugIsRejectedAtTheElement) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     4, 9, "schedule[0].every", "malformed duration"},
+    {"AgentThatIsNotASlugIsRejectedAtTheElement", R"([[schedule]]
 name = "a"
 agents = ["erp-sales", "ERP"]
 every = "1m"
 kind = "sync"
-)"),
-              3, 24, "schedule[0].agents[1]", "not an agent slug");
-}
-
-TEST(ScheduleTest, PayloadThatIsNotATableIsRejected) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     3, 24, "schedule[0].agents[1]", "not an agent slug"},
+    {"PayloadThatIsNotATableIsRejected", R"([[schedule]]
 name = "a"
 domain = "sales"
 every = "1m"
 kind = "sync"
 payload = "{}"
-)"),
-              6, 11, "schedule[0].payload", "expected a table, found a string");
-}
-
-TEST(ScheduleTest, UnknownMisfireIsRejected) {
-  ExpectError(ErrorOf(R"([[schedule]]
+)",
+     6, 11, "schedule[0].payload", "expected a table, found a string"},
+    {"UnknownMisfireIsRejected", R"([[schedule]]
 name = "a"
 domain = "sales"
 every = "1m"
 kind = "sync"
 misfire = "later"
-)"),
-              6, 11, "schedule[0].misfire", "must be one of run_once, skip");
-}
+)",
+     6, 11, "schedule[0].misfire", "must be one of run_once, skip"},
+};
+INSTANTIATE_TEST_SUITE_P(ScheduleTest, LoadErrorTest, testing::ValuesIn(kScheduleCases), CaseName);
 
 }  // namespace
 }  // namespace warp::config

@@ -91,6 +91,42 @@ void ExpectError(const ConfigError& e, int line, int column, std::string_view ke
   EXPECT_THAT(e.message(), HasSubstr(std::string(message_part))) << e.what();
 }
 
+/// A complete agent of 7 lines: a key added after it stands on line 8.
+constexpr std::string_view kValidAgent = R"([[agent]]
+slug = "erp-sales"
+display_name = "ERP"
+domain = "sales"
+tool_profile = "base"
+runner = "demo"
+business_link = "spindle:req-1"
+)";
+
+/// A fixtures file (followed by kBase) that fails to load, and the error it must raise: one test
+/// each, named `name`.
+struct ErrorCase {
+  std::string_view name;
+  std::string toml;
+  int line;
+  int column;
+  std::string_view key;
+  std::string_view message_part;
+};
+
+void PrintTo(const ErrorCase& c, std::ostream* out) {
+  *out << c.name;
+}
+
+std::string CaseName(const testing::TestParamInfo<ErrorCase>& info) {
+  return std::string(info.param.name);
+}
+
+class FixturesErrorTest : public testing::TestWithParam<ErrorCase> {};
+
+TEST_P(FixturesErrorTest, RaisesTheErrorAtLineColumnAndKey) {
+  const ErrorCase& c = GetParam();
+  ExpectError(ErrorOf(c.toml), c.line, c.column, c.key, c.message_part);
+}
+
 /// Runs a store coroutine to completion on a fresh event loop.
 template <typename T>
 T RunToCompletion(store::Task<T> task) {
@@ -222,139 +258,73 @@ TEST(BadFixturesTest, TomlSyntaxErrorNamesPositionWithoutKey) {
   EXPECT_THAT(e.what(), testing::StartsWith("fixtures.toml:2:"));
 }
 
-TEST(BadFixturesTest, UnknownTopLevelKeyIsRejected) {
-  ExpectError(ErrorOf("[[agents]]\nslug = \"x\"\n"), 1, 3, "agents", "unknown key");
-}
-
-TEST(BadFixturesTest, UnknownKeyInAnAgentIsRejectedAtTheKey) {
-  ExpectError(ErrorOf(R"([[agent]]
-slug = "erp-sales"
-display_name = "ERP"
-domain = "sales"
-tool_profile = "base"
-runner = "demo"
-business_link = "spindle:req-1"
-owner = "me"
-)"),
-              8, 1, "agent[0].owner", "unknown key");
-}
-
-TEST(BadFixturesTest, UnknownKeyInAToolProfileIsRejected) {
-  ExpectError(ErrorOf("[[tool_profile]]\nid = \"x\"\ncapability = [\"a\"]\n"), 3, 1,
-              "tool_profile[0].capability", "unknown key");
-}
-
-TEST(BadFixturesTest, UnknownKeyInWorkIsRejected) {
-  ExpectError(ErrorOf("[[work]]\nagent = \"base-agent\"\nkind = \"sync\"\ndue = \"now\"\n"), 4, 1,
-              "work[0].due", "unknown key");
-}
-
-TEST(BadFixturesTest, WorkThatIsNotAnArrayOfTablesIsRejected) {
-  ExpectError(ErrorOf("work = \"x\"\n"), 1, 8, "work", "expected an array of tables ([[work]])");
-}
-
-TEST(BadFixturesTest, WrongTypeIsRejectedAtTheValue) {
-  ExpectError(ErrorOf(R"([[agent]]
-slug = "erp-sales"
-display_name = "ERP"
-domain = "sales"
-tool_profile = "base"
-runner = "demo"
-business_link = "spindle:req-1"
-max_active = "2"
-)"),
-              8, 14, "agent[0].max_active", "expected an integer, found a string");
-}
-
-TEST(BadFixturesTest, CapabilityThatIsNotAStringIsRejectedAtTheElement) {
-  ExpectError(ErrorOf("[[tool_profile]]\nid = \"x\"\ncapabilities = [\"a\", true]\n"), 3, 22,
-              "tool_profile[0].capabilities[1]", "expected a string, found a boolean");
-}
-
-TEST(BadFixturesTest, LabelThatIsNotAStringIsRejected) {
-  ExpectError(ErrorOf(R"([[agent]]
-slug = "erp-sales"
-display_name = "ERP"
-domain = "sales"
-tool_profile = "base"
-runner = "demo"
-business_link = "spindle:req-1"
-labels = { tier = 2 }
-)"),
-              8, 19, "agent[0].labels.tier", "expected a string, found an integer");
-}
-
-TEST(BadFixturesTest, InvalidSlugIsRejected) {
-  ExpectError(ErrorOf(R"([[agent]]
+const ErrorCase kBadFixturesCases[] = {
+    {"UnknownTopLevelKeyIsRejected", "[[agents]]\nslug = \"x\"\n", 1, 3, "agents", "unknown key"},
+    {"UnknownKeyInAnAgentIsRejectedAtTheKey", Joined({kValidAgent, "owner = \"me\"\n"}), 8, 1,
+     "agent[0].owner", "unknown key"},
+    {"UnknownKeyInAToolProfileIsRejected", "[[tool_profile]]\nid = \"x\"\ncapability = [\"a\"]\n",
+     3, 1, "tool_profile[0].capability", "unknown key"},
+    {"UnknownKeyInWorkIsRejected",
+     "[[work]]\nagent = \"base-agent\"\nkind = \"sync\"\ndue = \"now\"\n", 4, 1, "work[0].due",
+     "unknown key"},
+    {"WorkThatIsNotAnArrayOfTablesIsRejected", "work = \"x\"\n", 1, 8, "work",
+     "expected an array of tables ([[work]])"},
+    {"WrongTypeIsRejectedAtTheValue", Joined({kValidAgent, "max_active = \"2\"\n"}), 8, 14,
+     "agent[0].max_active", "expected an integer, found a string"},
+    {"CapabilityThatIsNotAStringIsRejectedAtTheElement",
+     "[[tool_profile]]\nid = \"x\"\ncapabilities = [\"a\", true]\n", 3, 22,
+     "tool_profile[0].capabilities[1]", "expected a string, found a boolean"},
+    {"LabelThatIsNotAStringIsRejected", Joined({kValidAgent, "labels = { tier = 2 }\n"}), 8, 19,
+     "agent[0].labels.tier", "expected a string, found an integer"},
+    {"InvalidSlugIsRejected", R"([[agent]]
 slug = "ERP_Sales"
 display_name = "ERP"
 domain = "sales"
 tool_profile = "base"
 runner = "demo"
 business_link = "spindle:req-1"
-)"),
-              2, 8, "agent[0].slug", "must match ^[a-z0-9][a-z0-9-]{0,62}$");
-}
-
-TEST(BadFixturesTest, EmptyBusinessLinkIsRejected) {
-  ExpectError(ErrorOf(R"([[agent]]
+)",
+     2, 8, "agent[0].slug", "must match ^[a-z0-9][a-z0-9-]{0,62}$"},
+    {"EmptyBusinessLinkIsRejected", R"([[agent]]
 slug = "erp-sales"
 display_name = "ERP"
 domain = "sales"
 tool_profile = "base"
 runner = "demo"
 business_link = ""
-)"),
-              7, 17, "agent[0].business_link", "must not be empty");
-}
-
-TEST(BadFixturesTest, MissingBusinessLinkIsRejectedAtTheAgentTable) {
-  ExpectError(ErrorOf(R"([[agent]]
+)",
+     7, 17, "agent[0].business_link", "must not be empty"},
+    {"MissingBusinessLinkIsRejectedAtTheAgentTable", R"([[agent]]
 slug = "erp-sales"
 display_name = "ERP"
 domain = "sales"
 tool_profile = "base"
 runner = "demo"
-)"),
-              1, 1, "agent[0].business_link", "required");
-}
-
-TEST(BadFixturesTest, UnknownToolProfileIsRejectedAtTheReference) {
-  ExpectError(ErrorOf(R"([[agent]]
+)",
+     1, 1, "agent[0].business_link", "required"},
+    {"UnknownToolProfileIsRejectedAtTheReference", R"([[agent]]
 slug = "erp-sales"
 display_name = "ERP"
 domain = "sales"
 tool_profile = "erp-write"
 runner = "demo"
 business_link = "spindle:req-1"
-)"),
-              5, 16, "agent[0].tool_profile", "unknown tool profile \"erp-write\"");
-}
-
-TEST(BadFixturesTest, WorkForAnUnknownAgentIsRejected) {
-  ExpectError(ErrorOf("[[work]]\nagent = \"ghost\"\nkind = \"sync\"\n"), 2, 9, "work[0].agent",
-              "unknown agent \"ghost\"");
-}
-
-TEST(BadFixturesTest, DuplicateAgentSlugIsRejectedAtTheSecond) {
-  ExpectError(ErrorOf(R"([[agent]]
+)",
+     5, 16, "agent[0].tool_profile", "unknown tool profile \"erp-write\""},
+    {"WorkForAnUnknownAgentIsRejected", "[[work]]\nagent = \"ghost\"\nkind = \"sync\"\n", 2, 9,
+     "work[0].agent", "unknown agent \"ghost\""},
+    {"DuplicateAgentSlugIsRejectedAtTheSecond", R"([[agent]]
 slug = "base-agent"
 display_name = "Again"
 domain = "ops"
 tool_profile = "base"
 runner = "noop"
 business_link = "spindle:req-2"
-)"),
-              13, 8, "agent[1].slug", "duplicate agent slug \"base-agent\" (first on line 2)");
-}
-
-TEST(BadFixturesTest, DuplicateToolProfileIdIsRejected) {
-  ExpectError(ErrorOf("[[tool_profile]]\nid = \"base\"\n"), 5, 6, "tool_profile[1].id",
-              "duplicate tool profile id \"base\" (first on line 2)");
-}
-
-TEST(BadFixturesTest, DuplicateWorkKeyIsRejected) {
-  ExpectError(ErrorOf(R"([[work]]
+)",
+     13, 8, "agent[1].slug", "duplicate agent slug \"base-agent\" (first on line 2)"},
+    {"DuplicateToolProfileIdIsRejected", "[[tool_profile]]\nid = \"base\"\n", 5, 6,
+     "tool_profile[1].id", "duplicate tool profile id \"base\" (first on line 2)"},
+    {"DuplicateWorkKeyIsRejected", R"([[work]]
 agent = "base-agent"
 kind = "sync"
 key = "once"
@@ -363,44 +333,20 @@ key = "once"
 agent = "base-agent"
 kind = "sync"
 key = "once"
-)"),
-              9, 7, "work[1].key", "duplicate work key \"once\" (first on line 4)");
-}
-
-TEST(BadFixturesTest, PayloadThatIsNotATableIsRejected) {
-  ExpectError(ErrorOf("[[work]]\nagent = \"base-agent\"\nkind = \"sync\"\npayload = [1, 2]\n"), 4,
-              11, "work[0].payload", "expected a table, found an array");
-}
-
-TEST(BadFixturesTest, UnknownLifecycleIsRejected) {
-  ExpectError(ErrorOf(R"([[agent]]
-slug = "erp-sales"
-display_name = "ERP"
-domain = "sales"
-tool_profile = "base"
-runner = "demo"
-business_link = "spindle:req-1"
-lifecycle = "sleeping"
-)"),
-              8, 13, "agent[0].lifecycle", "must be one of active, paused, retired");
-}
-
-TEST(BadFixturesTest, ZeroMaxActiveIsRejected) {
-  ExpectError(ErrorOf(R"([[agent]]
-slug = "erp-sales"
-display_name = "ERP"
-domain = "sales"
-tool_profile = "base"
-runner = "demo"
-business_link = "spindle:req-1"
-max_active = 0
-)"),
-              8, 14, "agent[0].max_active", "must be at least 1");
-}
-
-TEST(BadFixturesTest, MissingWorkKindIsRejectedAtTheWorkTable) {
-  ExpectError(ErrorOf("[[work]]\nagent = \"base-agent\"\n"), 1, 1, "work[0].kind", "required");
-}
+)",
+     9, 7, "work[1].key", "duplicate work key \"once\" (first on line 4)"},
+    {"PayloadThatIsNotATableIsRejected",
+     "[[work]]\nagent = \"base-agent\"\nkind = \"sync\"\npayload = [1, 2]\n", 4, 11,
+     "work[0].payload", "expected a table, found an array"},
+    {"UnknownLifecycleIsRejected", Joined({kValidAgent, "lifecycle = \"sleeping\"\n"}), 8, 13,
+     "agent[0].lifecycle", "must be one of active, paused, retired"},
+    {"ZeroMaxActiveIsRejected", Joined({kValidAgent, "max_active = 0\n"}), 8, 14,
+     "agent[0].max_active", "must be at least 1"},
+    {"MissingWorkKindIsRejectedAtTheWorkTable", "[[work]]\nagent = \"base-agent\"\n", 1, 1,
+     "work[0].kind", "required"},
+};
+INSTANTIATE_TEST_SUITE_P(BadFixturesTest, FixturesErrorTest, testing::ValuesIn(kBadFixturesCases),
+                         CaseName);
 
 // --- applying ---------------------------------------------------------------------------------
 

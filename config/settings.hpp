@@ -27,14 +27,15 @@ struct StoreSettings {
   std::string dsn;  ///< required for postgres
   std::filesystem::path password_file;
   Duration connect_timeout = std::chrono::seconds(5);
-  std::filesystem::path fixtures;  ///< memory backend; relative paths resolve against the config file
+  std::filesystem::path
+      fixtures;  ///< memory backend; relative paths resolve against the config file
 };
 
 struct SchedulerSettings {
-  Duration interval = std::chrono::seconds(10);  ///< 1s .. 24h
-  Duration jitter = Duration::zero();            ///< < interval
-  int max_dispatch_per_cycle = 1000;             ///< >= 1
-  int max_inflight = 64;                         ///< >= 1
+  Duration interval = std::chrono::seconds(10);        ///< 1s .. 24h
+  Duration jitter = Duration::zero();                  ///< < interval
+  int max_dispatch_per_cycle = 1000;                   ///< >= 1
+  int max_inflight = 64;                               ///< >= 1
   Duration takeover_after = std::chrono::seconds(30);  ///< default 3 x interval
   Duration retry_backoff = std::chrono::seconds(10);
   Duration retry_backoff_max = std::chrono::minutes(10);  ///< >= retry_backoff
@@ -74,11 +75,11 @@ enum class Transport { kExec, kHttp, kNotify, kNull };
 struct RunnerSettings {
   std::string name;
   Transport transport = Transport::kNull;
-  std::vector<std::string> command;                 ///< exec: argv, non-empty, no shell
-  Duration timeout = std::chrono::minutes(10);      ///< exec, http
-  Duration kill_grace = std::chrono::seconds(10);   ///< exec: SIGTERM -> SIGKILL
-  std::string url;                                  ///< http
-  std::string channel = "warp_dispatch";            ///< notify
+  std::vector<std::string> command;                ///< exec: argv, non-empty, no shell
+  Duration timeout = std::chrono::minutes(10);     ///< exec, http
+  Duration kill_grace = std::chrono::seconds(10);  ///< exec: SIGTERM -> SIGKILL
+  std::string url;                                 ///< http
+  std::string channel = "warp_dispatch";           ///< notify
 };
 
 enum class Misfire { kRunOnce, kSkip };

@@ -30,10 +30,14 @@ using logging::Event;
 
 logging::Format ChooseFormat(config::LogFormat format) {
   switch (format) {
-    case config::LogFormat::kJournal: return logging::Format::kJournal;
-    case config::LogFormat::kJson: return logging::Format::kJson;
-    case config::LogFormat::kText: return logging::Format::kText;
-    case config::LogFormat::kAuto: break;
+    case config::LogFormat::kJournal:
+      return logging::Format::kJournal;
+    case config::LogFormat::kJson:
+      return logging::Format::kJson;
+    case config::LogFormat::kText:
+      return logging::Format::kText;
+    case config::LogFormat::kAuto:
+      break;
   }
   return logging::StderrIsJournal() ? logging::Format::kJournal : logging::Format::kText;
 }
@@ -42,11 +46,14 @@ spdlog::level::level_enum LevelOf(const config::LogSettings& log) {
   return logging::ParseLevel(log.level).value_or(spdlog::level::info);
 }
 
-void Notify(const std::string& state) { (void)sd_notify(0, state.c_str()); }
+void Notify(const std::string& state) {
+  (void)sd_notify(0, state.c_str());
+}
 
 std::string HostName() {
   char buf[256] = {};
-  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
+  if (gethostname(buf, sizeof(buf) - 1) != 0)
+    return "unknown";
   return buf;
 }
 
@@ -78,7 +85,8 @@ class Daemon {
     if (!settings_.store.fixtures.empty()) {
       auto fixtures = config::LoadFixtures(settings_.store.fixtures);
       co_await config::ApplyFixtures(*store_, fixtures, settings_.scheduler.max_attempts);
-      log_.Info(Event::kGeneral, {}, "loaded fixtures {}: {} tool profile(s), {} agent(s), {} work item(s)",
+      log_.Info(Event::kGeneral, {},
+                "loaded fixtures {}: {} tool profile(s), {} agent(s), {} work item(s)",
                 settings_.store.fixtures.string(), fixtures.tool_profiles.size(),
                 fixtures.agents.size(), fixtures.work.size());
     }
@@ -103,8 +111,7 @@ class Daemon {
       }
       co_await scheduler_->Drain(settings_.daemon.shutdown_grace);
       log_.Info(Event::kDaemonStopped, {}, "warpd stopped");
-      co_return report.outcome == scheduler::CycleReport::Outcome::kFailed ? EX_UNAVAILABLE
-                                                                           : EX_OK;
+      co_return report.outcome == scheduler::CycleReport::Outcome::kFailed ? EX_UNAVAILABLE : EX_OK;
     }
 
     scheduler_->Start();
@@ -133,7 +140,8 @@ class Daemon {
     while (!stopping_) {
       boost::system::error_code ec;
       int signo = co_await signals_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      if (ec) co_return;
+      if (ec)
+        co_return;
       if (signo == SIGHUP) {
         Reload();
         continue;
@@ -194,7 +202,8 @@ class Daemon {
       heartbeat_timer_.expires_after(settings_.scheduler.interval);
       boost::system::error_code ec;
       co_await heartbeat_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      if (stopping_) co_return;
+      if (stopping_)
+        co_return;
       co_await Heartbeat();
     }
   }
@@ -239,7 +248,8 @@ class Daemon {
 int CheckConfig(const std::filesystem::path& config_path) {
   try {
     auto settings = config::Load(config_path);
-    if (!settings.store.fixtures.empty()) (void)config::LoadFixtures(settings.store.fixtures);
+    if (!settings.store.fixtures.empty())
+      (void)config::LoadFixtures(settings.store.fixtures);
     asio::io_context io;
     (void)scheduler::MakeRunners(settings, io.get_executor(), logging::Logger());
     std::printf("%s: configuration ok\n", config_path.c_str());
@@ -259,8 +269,8 @@ int Run(const Options& options) {
     Notify("ERRNO=22\nSTATUS=configuration error");
     return EX_CONFIG;
   }
-  auto log = logging::MakeStderrLogger(ChooseFormat(options.log_format.value_or(settings.log.format)),
-                                       LevelOf(settings.log));
+  auto log = logging::MakeStderrLogger(
+      ChooseFormat(options.log_format.value_or(settings.log.format)), LevelOf(settings.log));
   // A child that closes its stdin early must not kill the daemon.
   ::signal(SIGPIPE, SIG_IGN);
 

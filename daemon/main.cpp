@@ -28,10 +28,15 @@ int main(int argc, char** argv) {
     return EX_USAGE;
   }
   options.config_path = config_path;
-  if (check_config) return warp::daemon::CheckConfig(options.config_path);
-  if (log_format == "auto") options.log_format = warp::config::LogFormat::kAuto;
-  if (log_format == "journal") options.log_format = warp::config::LogFormat::kJournal;
-  if (log_format == "text") options.log_format = warp::config::LogFormat::kText;
-  if (log_format == "json") options.log_format = warp::config::LogFormat::kJson;
+  if (check_config)
+    return warp::daemon::CheckConfig(options.config_path);
+  if (log_format == "auto")
+    options.log_format = warp::config::LogFormat::kAuto;
+  if (log_format == "journal")
+    options.log_format = warp::config::LogFormat::kJournal;
+  if (log_format == "text")
+    options.log_format = warp::config::LogFormat::kText;
+  if (log_format == "json")
+    options.log_format = warp::config::LogFormat::kJson;
   return warp::daemon::Run(options);
 }

@@ -19,7 +19,8 @@ LeaseKeeper::LeaseKeeper(boost::asio::any_io_executor executor, store::Store& st
       timer_(executor) {}
 
 void LeaseKeeper::Start() {
-  if (running_) return;
+  if (running_)
+    return;
   running_ = true;
   boost::asio::co_spawn(executor_, Loop(), boost::asio::detached);
 }
@@ -29,7 +30,9 @@ void LeaseKeeper::Stop() {
   timer_.cancel();
 }
 
-void LeaseKeeper::UpdateSettings(config::LeasingSettings settings) { settings_ = settings; }
+void LeaseKeeper::UpdateSettings(config::LeasingSettings settings) {
+  settings_ = settings;
+}
 
 void LeaseKeeper::Hold(const store::Lease& lease, std::string agent_slug, OnLost on_lost) {
   // The lease was granted for ttl from acquisition; count locally from now, which is later than
@@ -40,24 +43,30 @@ void LeaseKeeper::Hold(const store::Lease& lease, std::string agent_slug, OnLost
                                Clock::now() + settings_.ttl - settings_.renew_every / 2};
 }
 
-void LeaseKeeper::Forget(store::LeaseId lease) { held_.erase(lease); }
+void LeaseKeeper::Forget(store::LeaseId lease) {
+  held_.erase(lease);
+}
 
 void LeaseKeeper::Lose(store::LeaseId id, const std::string& reason) {
   auto it = held_.find(id);
-  if (it == held_.end()) return;
+  if (it == held_.end())
+    return;
   Held held = std::move(it->second);
   held_.erase(it);
   log_.Warn(logging::Event::kLeaseLost,
             {.agent = held.agent_slug, .lease_id = id, .fencing_token = held.ref.fencing_token},
             "lease {} of agent {} lost: {}; stopping its work", id, held.agent_slug, reason);
-  if (held.on_lost) held.on_lost(reason);
+  if (held.on_lost)
+    held.on_lost(reason);
 }
 
 store::Task<void> LeaseKeeper::RenewAll() {
-  if (held_.empty()) co_return;
+  if (held_.empty())
+    co_return;
   std::vector<store::LeaseRef> refs;
   refs.reserve(held_.size());
-  for (const auto& [id, h] : held_) refs.push_back(h.ref);
+  for (const auto& [id, h] : held_)
+    refs.push_back(h.ref);
   const auto sent_at = Clock::now();
   const auto ttl = settings_.ttl;
   std::vector<std::optional<store::TimePoint>> renewed;
@@ -74,15 +83,18 @@ store::Task<void> LeaseKeeper::RenewAll() {
     const auto horizon = Clock::now() + settings_.renew_every / 2;
     std::vector<store::LeaseId> expiring;
     for (const auto& [id, h] : held_) {
-      if (h.local_deadline <= horizon) expiring.push_back(id);
+      if (h.local_deadline <= horizon)
+        expiring.push_back(id);
     }
-    for (auto id : expiring) Lose(id, "could not be renewed before it expires (" + failure + ")");
+    for (auto id : expiring)
+      Lose(id, "could not be renewed before it expires (" + failure + ")");
     co_return;
   }
   for (std::size_t i = 0; i < refs.size(); ++i) {
     const auto id = refs[i].lease_id;
     auto it = held_.find(id);
-    if (it == held_.end()) continue;  // forgotten while the renewal was in flight
+    if (it == held_.end())
+      continue;  // forgotten while the renewal was in flight
     if (renewed.at(i)) {
       it->second.local_deadline = sent_at + ttl - settings_.renew_every / 2;
     } else {
@@ -97,10 +109,12 @@ boost::asio::awaitable<void> LeaseKeeper::Loop() {
     timer_.expires_at(next);
     boost::system::error_code ec;
     co_await timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
-    if (!running_) break;
+    if (!running_)
+      break;
     // Absolute schedule: ticks don't drift with the time a renewal takes.
     next += settings_.renew_every;
-    if (next < Clock::now()) next = Clock::now() + settings_.renew_every;
+    if (next < Clock::now())
+      next = Clock::now() + settings_.renew_every;
     try {
       co_await RenewAll();
     } catch (const std::exception& e) {

@@ -31,7 +31,8 @@ class LeaseKeeperTest : public ::testing::Test {
     w.agent_slug = "erp-sales";
     w.kind = "sync";
     auto item = test::Await(io_, store_.EnqueueWork(w, 3)).item;
-    auto run = test::Await(io_, store_.ClaimCycle({"c" + std::to_string(++cycles_), "g", "i", 30s}));
+    auto run =
+        test::Await(io_, store_.ClaimCycle({"c" + std::to_string(++cycles_), "g", "i", 30s}));
     store::DispatchBatch batch{run.run.run_id, run.run.cycle_id, "i", settings_.ttl, {}};
     batch.candidates.push_back({item.work_item_id, agent_, 5, std::nullopt, ""});
     return *test::Await(io_, store_.ClaimDispatches(batch)).at(0).lease;

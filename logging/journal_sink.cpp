@@ -18,12 +18,18 @@ namespace {
 int SyslogPriority(spdlog::level::level_enum level) {
   switch (level) {
     case spdlog::level::trace:
-    case spdlog::level::debug: return 7;
-    case spdlog::level::info: return 6;
-    case spdlog::level::warn: return 4;
-    case spdlog::level::err: return 3;
-    case spdlog::level::critical: return 2;
-    default: return 6;
+    case spdlog::level::debug:
+      return 7;
+    case spdlog::level::info:
+      return 6;
+    case spdlog::level::warn:
+      return 4;
+    case spdlog::level::err:
+      return 3;
+    case spdlog::level::critical:
+      return 2;
+    default:
+      return 6;
   }
 }
 
@@ -39,7 +45,8 @@ class JournalSink final : public spdlog::sinks::base_sink<std::mutex> {
     items.push_back("MESSAGE=" + std::string(record.text));
     items.push_back("PRIORITY=" + std::to_string(SyslogPriority(msg.level)));
     items.push_back("SYSLOG_IDENTIFIER=" + identifier_);
-    if (record.event) items.push_back("MESSAGE_ID=" + std::string(MessageId(*record.event)));
+    if (record.event)
+      items.push_back("MESSAGE_ID=" + std::string(MessageId(*record.event)));
     for (const auto& f : record.fields) {
       items.push_back(std::string(f.name) + "=" + f.value);
     }
@@ -65,12 +72,15 @@ std::shared_ptr<spdlog::sinks::sink> MakeJournalSink(std::string syslog_identifi
 
 bool StderrIsJournal() {
   const char* env = std::getenv("JOURNAL_STREAM");
-  if (env == nullptr) return false;
+  if (env == nullptr)
+    return false;
   struct stat st {};
-  if (fstat(2, &st) != 0) return false;
+  if (fstat(2, &st) != 0)
+    return false;
   unsigned long long dev = 0;
   unsigned long long ino = 0;
-  if (std::sscanf(env, "%llu:%llu", &dev, &ino) != 2) return false;
+  if (std::sscanf(env, "%llu:%llu", &dev, &ino) != 2)
+    return false;
   return dev == static_cast<unsigned long long>(st.st_dev) &&
          ino == static_cast<unsigned long long>(st.st_ino);
 }

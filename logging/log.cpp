@@ -48,14 +48,15 @@ constexpr std::array<EventInfo, 21> kEvents{{
 
 // Order of the encoded fields after WARP_EVENT.
 constexpr std::array<std::string_view, 8> kFieldNames{
-    "WARP_CYCLE_ID",  "WARP_RUN_ID", "WARP_AGENT",            "WARP_LEASE_ID",
-    "WARP_FENCING_TOKEN", "WARP_WORK_ID", "WARP_OBSERVATION_KIND", "WARP_SEVERITY"};
+    "WARP_CYCLE_ID", "WARP_RUN_ID",           "WARP_AGENT",   "WARP_LEASE_ID", "WARP_FENCING_TOKEN",
+    "WARP_WORK_ID",  "WARP_OBSERVATION_KIND", "WARP_SEVERITY"};
 
 void AppendField(std::string& out, std::string_view name, std::string_view value) {
   out += kUnitSep;
   out += name;
   out += '=';
-  for (char c : value) out += (c == kUnitSep || c == kRecordSep) ? ' ' : c;
+  for (char c : value)
+    out += (c == kUnitSep || c == kRecordSep) ? ' ' : c;
 }
 
 std::string_view ShortName(std::string_view field) {
@@ -65,7 +66,8 @@ std::string_view ShortName(std::string_view field) {
 
 std::string Lower(std::string_view s) {
   std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : out)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
 }
 
@@ -73,8 +75,7 @@ std::string Timestamp(const spdlog::details::log_msg& msg) {
   auto since = msg.time.time_since_epoch();
   auto secs = std::chrono::duration_cast<std::chrono::seconds>(since);
   auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(since - secs).count();
-  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z",
-                     std::chrono::sys_seconds(secs), millis);
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", std::chrono::sys_seconds(secs), millis);
 }
 
 /// Renders records as text or JSON lines into a callback.
@@ -95,23 +96,26 @@ class RenderSink final : public spdlog::sinks::base_sink<std::mutex> {
       j["event"] = EventName(record.event.value_or(Event::kGeneral));
       j["message"] = record.text;
       for (const auto& f : record.fields) {
-        if (f.name == "WARP_EVENT") continue;
+        if (f.name == "WARP_EVENT")
+          continue;
         j[Lower(ShortName(f.name))] = f.value;
       }
       line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     } else {
-      line = fmt::format("{} {:<5} {}", Timestamp(msg), std::string_view(level.data(), level.size()),
-                         record.text);
+      line = fmt::format("{} {:<5} {}", Timestamp(msg),
+                         std::string_view(level.data(), level.size()), record.text);
       bool first = true;
       for (const auto& f : record.fields) {
-        if (f.name == "WARP_EVENT") continue;
+        if (f.name == "WARP_EVENT")
+          continue;
         line += first ? "  [" : " ";
         first = false;
         line += Lower(ShortName(f.name));
         line += '=';
         line += f.value;
       }
-      if (!first) line += ']';
+      if (!first)
+        line += ']';
     }
     line += '\n';
     out_(line);
@@ -125,22 +129,29 @@ class RenderSink final : public spdlog::sinks::base_sink<std::mutex> {
 
 }  // namespace
 
-std::string_view EventName(Event e) { return kEvents.at(static_cast<std::size_t>(e)).name; }
-std::string_view MessageId(Event e) { return kEvents.at(static_cast<std::size_t>(e)).message_id; }
+std::string_view EventName(Event e) {
+  return kEvents.at(static_cast<std::size_t>(e)).name;
+}
+std::string_view MessageId(Event e) {
+  return kEvents.at(static_cast<std::size_t>(e)).message_id;
+}
 
 void Logger::Write(spdlog::level::level_enum level, Event event, const Fields& f,
                    std::string text) const {
   for (char& c : text) {
-    if (c == kRecordSep || c == kUnitSep) c = ' ';
+    if (c == kRecordSep || c == kUnitSep)
+      c = ' ';
   }
   text += kRecordSep;
   text += "WARP_EVENT=";
   text += EventName(event);
   auto opt = [&](std::string_view name, const std::optional<std::int64_t>& v) {
-    if (v) AppendField(text, name, std::to_string(*v));
+    if (v)
+      AppendField(text, name, std::to_string(*v));
   };
   auto str = [&](std::string_view name, const std::string& v) {
-    if (!v.empty()) AppendField(text, name, v);
+    if (!v.empty())
+      AppendField(text, name, v);
   };
   str(kFieldNames[0], f.cycle_id);
   opt(kFieldNames[1], f.run_id);
@@ -157,25 +168,29 @@ DecodedRecord Decode(std::string_view payload) {
   DecodedRecord r;
   auto sep = payload.find(kRecordSep);
   r.text = payload.substr(0, sep);
-  if (sep == std::string_view::npos) return r;
+  if (sep == std::string_view::npos)
+    return r;
   std::string_view rest = payload.substr(sep + 1);
   while (!rest.empty()) {
     auto end = rest.find(kUnitSep);
     std::string_view item = rest.substr(0, end);
     rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
     auto eq = item.find('=');
-    if (eq == std::string_view::npos) continue;
+    if (eq == std::string_view::npos)
+      continue;
     std::string_view name = item.substr(0, eq);
     std::string_view value = item.substr(eq + 1);
     if (name == "WARP_EVENT") {
       for (std::size_t i = 0; i < kEvents.size(); ++i) {
-        if (kEvents[i].name == value) r.event = static_cast<Event>(i);
+        if (kEvents[i].name == value)
+          r.event = static_cast<Event>(i);
       }
       r.fields.push_back({"WARP_EVENT", std::string(value)});
       continue;
     }
     for (auto known : kFieldNames) {
-      if (known == name) r.fields.push_back({known, std::string(value)});
+      if (known == name)
+        r.fields.push_back({known, std::string(value)});
     }
   }
   return r;
@@ -186,9 +201,8 @@ Logger MakeStderrLogger(Format format, spdlog::level::level_enum level) {
   if (format == Format::kJournal) {
     sink = MakeJournalSink("warpd");
   } else {
-    sink = std::make_shared<RenderSink>(format, [](const std::string& line) {
-      std::fwrite(line.data(), 1, line.size(), stderr);
-    });
+    sink = std::make_shared<RenderSink>(
+        format, [](const std::string& line) { std::fwrite(line.data(), 1, line.size(), stderr); });
   }
   auto logger = std::make_shared<spdlog::logger>("warpd", std::move(sink));
   logger->set_level(level);
@@ -214,7 +228,8 @@ std::optional<spdlog::level::level_enum> ParseLevel(std::string_view name) {
       {"critical", spdlog::level::critical},
   }};
   for (const auto& [n, l] : kLevels) {
-    if (n == name) return l;
+    if (n == name)
+      return l;
   }
   return std::nullopt;
 }

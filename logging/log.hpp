@@ -85,7 +85,8 @@ class Logger {
   template <typename... Args>
   void Log(spdlog::level::level_enum level, Event event, const Fields& fields,
            fmt::format_string<Args...> format, Args&&... args) const {
-    if (!logger_ || !logger_->should_log(level)) return;
+    if (!logger_ || !logger_->should_log(level))
+      return;
     Write(level, event, fields, fmt::format(format, std::forward<Args>(args)...));
   }
   template <typename... Args>
@@ -111,7 +112,8 @@ class Logger {
 
   spdlog::logger* raw() const { return logger_.get(); }
   void Flush() const {
-    if (logger_) logger_->flush();
+    if (logger_)
+      logger_->flush();
   }
 
  private:

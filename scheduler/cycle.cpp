@@ -7,7 +7,8 @@ namespace warp::scheduler {
 Slot SlotAt(store::TimePoint now, store::Duration interval) {
   const auto since_epoch = std::chrono::duration_cast<store::Duration>(now.time_since_epoch());
   std::int64_t k = since_epoch.count() / interval.count();
-  if (since_epoch.count() < 0 && since_epoch.count() % interval.count() != 0) --k;  // floor
+  if (since_epoch.count() < 0 && since_epoch.count() % interval.count() != 0)
+    --k;  // floor
   Slot slot;
   slot.index = k;
   slot.start = store::TimePoint(interval * k);

@@ -8,7 +8,9 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-store::TimePoint At(std::int64_t ms) { return store::TimePoint(milliseconds(ms)); }
+store::TimePoint At(std::int64_t ms) {
+  return store::TimePoint(milliseconds(ms));
+}
 
 TEST(SlotAt, AlignsSlotsToMultiplesOfTheIntervalSinceTheEpoch) {
   auto slot = SlotAt(At(25'500), seconds(10));

@@ -6,12 +6,15 @@
 namespace warp::scheduler {
 
 Schedule::Schedule(config::ScheduleSettings settings) : settings_(std::move(settings)) {
-  if (!settings_.cron.empty()) cron_ = CronExpression::Parse(settings_.cron);
+  if (!settings_.cron.empty())
+    cron_ = CronExpression::Parse(settings_.cron);
 }
 
 std::optional<store::TimePoint> Schedule::LatestOccurrence(store::TimePoint now) const {
-  if (cron_) return cron_->Previous(now);
-  if (!settings_.every || settings_.every->count() <= 0) return std::nullopt;
+  if (cron_)
+    return cron_->Previous(now);
+  if (!settings_.every || settings_.every->count() <= 0)
+    return std::nullopt;
   const auto every = *settings_.every;
   const auto since = std::chrono::duration_cast<store::Duration>(now.time_since_epoch());
   return store::TimePoint(every * (since.count() / every.count()));
@@ -20,7 +23,8 @@ std::optional<store::TimePoint> Schedule::LatestOccurrence(store::TimePoint now)
 std::optional<store::TimePoint> Schedule::DueOccurrence(store::TimePoint now,
                                                         store::Duration cycle_interval) const {
   auto latest = LatestOccurrence(now);
-  if (!latest) return std::nullopt;
+  if (!latest)
+    return std::nullopt;
   if (settings_.misfire == config::Misfire::kSkip && now - *latest >= 2 * cycle_interval) {
     return std::nullopt;
   }
@@ -45,15 +49,17 @@ store::Task<int> Materialize(store::Store& store, const std::vector<Schedule>& s
   int created = 0;
   for (const auto& schedule : schedules) {
     auto occurrence = schedule.DueOccurrence(now, cycle_interval);
-    if (!occurrence) continue;
+    if (!occurrence)
+      continue;
     const auto& s = schedule.settings();
     for (const auto& agent : agents) {
-      if (agent.lifecycle != store::Lifecycle::kActive) continue;
-      const bool targeted =
-          s.domain.empty()
-              ? std::find(s.agents.begin(), s.agents.end(), agent.agent_slug) != s.agents.end()
-              : agent.domain_id == s.domain;
-      if (!targeted) continue;
+      if (agent.lifecycle != store::Lifecycle::kActive)
+        continue;
+      const bool targeted = s.domain.empty() ? std::find(s.agents.begin(), s.agents.end(),
+                                                         agent.agent_slug) != s.agents.end()
+                                             : agent.domain_id == s.domain;
+      if (!targeted)
+        continue;
       store::NewWork work;
       work.agent_slug = agent.agent_slug;
       work.kind = s.kind;

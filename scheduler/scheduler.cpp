@@ -22,7 +22,8 @@ store::RetryPolicy RetryPolicyOf(const config::SchedulerSettings& s) {
 std::vector<Schedule> CompileSchedules(const config::Settings& settings) {
   std::vector<Schedule> out;
   out.reserve(settings.schedules.size());
-  for (const auto& s : settings.schedules) out.emplace_back(s);
+  for (const auto& s : settings.schedules)
+    out.emplace_back(s);
   return out;
 }
 
@@ -59,7 +60,8 @@ Scheduler::Scheduler(boost::asio::any_io_executor executor, store::Store& store,
       idle_timer_(executor) {}
 
 void Scheduler::Start() {
-  if (ticking_) return;
+  if (ticking_)
+    return;
   ticking_ = true;
   boost::asio::co_spawn(executor_, TickLoop(), boost::asio::detached);
 }
@@ -87,8 +89,8 @@ store::Task<void> Scheduler::TickLoop() {
       const auto current = SlotAt(now, interval).index;
       // The first tick runs the current slot at once; later ones the next slot.
       target = last_target ? std::max(*last_target + 1, current) : current;
-      delay = std::chrono::duration_cast<store::Duration>(
-          store::TimePoint(interval * *target) - now);
+      delay =
+          std::chrono::duration_cast<store::Duration>(store::TimePoint(interval * *target) - now);
       if (settings_.jitter.count() > 0) {
         std::uniform_int_distribution<std::int64_t> pick(0, settings_.jitter.count() - 1);
         delay += store::Duration(pick(jitter_rng_));
@@ -100,12 +102,14 @@ store::Task<void> Scheduler::TickLoop() {
     tick_timer_.expires_after(std::max(delay, store::Duration::zero()));
     boost::system::error_code ec;
     co_await tick_timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
-    if (!ticking_) break;
+    if (!ticking_)
+      break;
     if (ec == boost::asio::error::operation_aborted || interval != settings_.interval) {
       last_target.reset();  // reconfigured: slots of another interval
       continue;
     }
-    if (!target) continue;
+    if (!target)
+      continue;
     last_target = target;
     OnTick(*target);
   }
@@ -141,8 +145,7 @@ store::Task<CycleReport> Scheduler::RunCycle(std::optional<std::int64_t> slot) {
                "cycle {} failed: {}", report.cycle_id, failure);
     if (report.run_id != 0) {
       try {
-        co_await store_.FinishRun(report.run_id, store::RunStatus::kFailed, report.counts,
-                                  failure);
+        co_await store_.FinishRun(report.run_id, store::RunStatus::kFailed, report.counts, failure);
       } catch (const std::exception& e) {
         // The run stays `running` and is taken over after takeover_after.
         log_.Warn(Event::kStoreError, {.cycle_id = report.cycle_id, .run_id = report.run_id},
@@ -157,13 +160,14 @@ store::Task<CycleReport> Scheduler::RunCycle(std::optional<std::int64_t> slot) {
     log_.Info(Event::kCycleCompleted, {.cycle_id = report.cycle_id, .run_id = report.run_id},
               "cycle {}: due={} dispatched={} deferred={} skipped={} failed={} materialized={} "
               "requeued={} inflight={} in {}ms{}",
-              report.cycle_id, c.due, c.dispatched, c.deferred, c.skipped, c.failed,
-              c.materialized, c.requeued, inflight_.size(), report.duration.count(),
+              report.cycle_id, c.due, c.dispatched, c.deferred, c.skipped, c.failed, c.materialized,
+              c.requeued, inflight_.size(), report.duration.count(),
               report.took_over ? " (took over an abandoned run)" : "");
   }
   last_report_ = report;
   cycle_running_ = false;
-  if (on_cycle_) on_cycle_(report);
+  if (on_cycle_)
+    on_cycle_(report);
   NotifyIfIdle();
   co_return report;
 }
@@ -181,17 +185,16 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
   auto claim = co_await store_.ClaimCycle(std::move(request));
   switch (claim.outcome) {
     case store::ClaimResult::Outcome::kAlreadyCompleted:
-      report.outcome = CycleReport::Outcome::kAlreadyCompleted;
+    case store::ClaimResult::Outcome::kRunningElsewhere: {
+      const bool completed = claim.outcome == store::ClaimResult::Outcome::kAlreadyCompleted;
+      report.outcome = completed ? CycleReport::Outcome::kAlreadyCompleted
+                                 : CycleReport::Outcome::kRunningElsewhere;
       log_.Info(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = claim.run.run_id},
-                "cycle {} already completed by {} (run {}); skipped", report.cycle_id,
-                claim.run.instance, claim.run.run_id);
+                "cycle {} {} {} (run {}); skipped", report.cycle_id,
+                completed ? "already completed by" : "is running under", claim.run.instance,
+                claim.run.run_id);
       co_return report;
-    case store::ClaimResult::Outcome::kRunningElsewhere:
-      report.outcome = CycleReport::Outcome::kRunningElsewhere;
-      log_.Info(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = claim.run.run_id},
-                "cycle {} is running under {} (run {}); skipped", report.cycle_id,
-                claim.run.instance, claim.run.run_id);
-      co_return report;
+    }
     case store::ClaimResult::Outcome::kTookOver:
       report.took_over = true;
       log_.Warn(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = claim.run.run_id},
@@ -212,23 +215,27 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
   if (!schedules_.empty()) {
     agents = co_await store_.ListAgents();
     agents_loaded = true;
-    counts.materialized = co_await Materialize(store_, schedules_, agents, now,
-                                               settings_.interval, settings_.max_attempts, log_);
+    counts.materialized = co_await Materialize(store_, schedules_, agents, now, settings_.interval,
+                                               settings_.max_attempts, log_);
   }
 
   const int free_slots = std::max(0, settings_.max_inflight - static_cast<int>(inflight_.size()));
   const int capacity = std::min(settings_.max_dispatch_per_cycle, free_slots);
   std::vector<store::WorkItem> due;
-  if (capacity > 0) due = co_await store_.SelectDueWork(capacity);
+  if (capacity > 0)
+    due = co_await store_.SelectDueWork(capacity);
   counts.due = static_cast<int>(due.size());
 
   std::vector<store::DispatchClaim> claims;
   std::unordered_map<store::AgentId, const store::Agent*> by_id;
   if (!due.empty()) {
-    if (!agents_loaded) agents = co_await store_.ListAgents();
-    for (const auto& a : agents) by_id[a.agent_id] = &a;
+    if (!agents_loaded)
+      agents = co_await store_.ListAgents();
+    for (const auto& a : agents)
+      by_id[a.agent_id] = &a;
     std::map<std::string, store::ToolProfile> profiles;
-    for (auto& p : co_await store_.ListToolProfiles()) profiles[p.tool_profile_id] = std::move(p);
+    for (auto& p : co_await store_.ListToolProfiles())
+      profiles[p.tool_profile_id] = std::move(p);
 
     store::DispatchBatch batch{report.run_id, report.cycle_id, daemon_.instance, leasing_.ttl, {}};
     batch.candidates.reserve(due.size());
@@ -260,7 +267,8 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
   }
 
   for (const auto& claim : claims) {
-    if (!claim.recorded) continue;
+    if (!claim.recorded)
+      continue;
     switch (claim.decision.decision) {
       case store::Decision::kDispatched:
         ++counts.dispatched;
@@ -281,8 +289,7 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
                    .run_id = report.run_id,
                    .agent = by_id.at(claim.decision.agent_id)->agent_slug,
                    .work_id = claim.decision.work_item_id},
-                  "work {} not dispatched: {}", claim.decision.work_item_id,
-                  claim.decision.reason);
+                  "work {} not dispatched: {}", claim.decision.work_item_id, claim.decision.reason);
         break;
     }
   }
@@ -294,8 +301,8 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
 void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent) {
   const store::Lease& lease = *claim.lease;
   const store::WorkItem& item = *claim.item;
-  DispatchRequest request{agent.agent_slug,      item.work_item_id,   item.kind,
-                          item.payload_json,     lease.lease_id,      lease.fencing_token,
+  DispatchRequest request{agent.agent_slug,        item.work_item_id, item.kind,
+                          item.payload_json,       lease.lease_id,    lease.fencing_token,
                           claim.decision.cycle_id, lease.expires_at};
   const logging::Fields fields{.cycle_id = request.cycle_id,
                                .run_id = claim.decision.run_id,
@@ -312,7 +319,8 @@ void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Ag
   const auto lease_id = lease.lease_id;
   lease_keeper_.Hold(lease, agent.agent_slug, [this, lease_id](std::string reason) {
     auto it = inflight_.find(lease_id);
-    if (it == inflight_.end()) return;
+    if (it == inflight_.end())
+      return;
     it->second.stop_reason = "lease lost: " + reason;
     it->second.execution->Stop(it->second.stop_reason);
   });
@@ -327,7 +335,8 @@ void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Ag
 
 store::Task<void> Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchResult result) {
   auto it = inflight_.find(lease_id);
-  if (it == inflight_.end()) co_return;
+  if (it == inflight_.end())
+    co_return;
   const Inflight entry = it->second;
   lease_keeper_.Forget(lease_id);
   const auto& r = entry.request;
@@ -379,7 +388,8 @@ store::Task<void> Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchRes
 }
 
 void Scheduler::NotifyIfIdle() {
-  if (inflight_.empty() && !cycle_running_) idle_timer_.cancel();
+  if (inflight_.empty() && !cycle_running_)
+    idle_timer_.cancel();
 }
 
 store::Task<bool> Scheduler::WaitIdle(std::chrono::steady_clock::time_point deadline) {
@@ -399,7 +409,8 @@ store::Task<void> Scheduler::Drain(store::Duration grace) {
               "shutdown grace of {}ms elapsed with {} dispatch(es) running; stopping them",
               grace.count(), inflight_.size());
     for (auto& [id, entry] : inflight_) {
-      if (entry.stop_reason.empty()) entry.stop_reason = "shutdown grace elapsed";
+      if (entry.stop_reason.empty())
+        entry.stop_reason = "shutdown grace elapsed";
       entry.execution->Stop(entry.stop_reason);
     }
     // Runners escalate to SIGKILL after kill_grace; this bound only guards against a bug.

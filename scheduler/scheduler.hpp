@@ -54,8 +54,8 @@ RunnerSet MakeRunners(const config::Settings& settings, boost::asio::any_io_exec
 class Scheduler {
  public:
   Scheduler(boost::asio::any_io_executor executor, store::Store& store,
-            leasing::LeaseKeeper& lease_keeper, const config::Settings& settings,
-            RunnerSet runners, logging::Logger log);
+            leasing::LeaseKeeper& lease_keeper, const config::Settings& settings, RunnerSet runners,
+            logging::Logger log);
 
   /// Starts ticking at slot boundaries.
   void Start();
@@ -71,7 +71,9 @@ class Scheduler {
   store::Task<void> Drain(store::Duration grace);
 
   /// Called after every cycle (the daemon reports it to systemd).
-  void OnCycle(std::function<void(const CycleReport&)> callback) { on_cycle_ = std::move(callback); }
+  void OnCycle(std::function<void(const CycleReport&)> callback) {
+    on_cycle_ = std::move(callback);
+  }
 
   /// A tick for `slot` arrived: runs its cycle unless the previous one still runs (then counts
   /// an overrun).
@@ -89,8 +91,7 @@ class Scheduler {
     std::string stop_reason;  // set when we stopped it: no completion is reported then
   };
 
-  store::Task<CycleReport> RunCycleUnguarded(std::optional<std::int64_t> slot,
-                                             CycleReport& report);
+  store::Task<CycleReport> RunCycleUnguarded(std::optional<std::int64_t> slot, CycleReport& report);
   void StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent);
   store::Task<void> FinishDispatch(store::LeaseId lease_id, DispatchResult result);
   store::Task<void> TickLoop();

@@ -48,7 +48,8 @@ class FakeRunner final : public Runner {
 
   void Finish(std::size_t index, DispatchResult result) {
     auto& d = dispatches.at(index);
-    if (d.finished) return;
+    if (d.finished)
+      return;
     d.finished = true;
     boost::asio::post(io_, [cb = d.on_done, result] { cb(result); });
   }
@@ -84,8 +85,8 @@ class SchedulerTest : public ::testing::Test {
     keeper_.emplace(io_.get_executor(), store_, settings_.leasing, log_);
     auto runner = std::make_shared<FakeRunner>(io_);
     runner_ = runner.get();
-    scheduler_.emplace(io_.get_executor(), store_, *keeper_, settings_,
-                       RunnerSet{{"fake", runner}}, log_);
+    scheduler_.emplace(io_.get_executor(), store_, *keeper_, settings_, RunnerSet{{"fake", runner}},
+                       log_);
   }
 
   store::Agent Agent(std::string slug, int max_active = 1,
@@ -145,7 +146,8 @@ TEST_F(SchedulerTest, ACycleLeasesDispatchesAndRecordsOneDecisionPerItem) {
   ASSERT_EQ(runner_->dispatches.size(), 3u);
 
   std::map<store::WorkItemId, Decision> by_item;
-  for (const auto& d : Decisions(report.cycle_id)) by_item[d.work_item_id] = d.decision;
+  for (const auto& d : Decisions(report.cycle_id))
+    by_item[d.work_item_id] = d.decision;
   EXPECT_EQ(by_item.at(s1.work_item_id), Decision::kDispatched);
   EXPECT_EQ(by_item.at(s2.work_item_id), Decision::kDeferredLeaseHeld);
   EXPECT_EQ(by_item.at(f1.work_item_id), Decision::kDispatched);
@@ -237,8 +239,10 @@ TEST_F(SchedulerTest, TakeoverAfterACrashDispatchesNothingTwice) {
   ASSERT_EQ(runner_->dispatches.size(), 1u);
   EXPECT_EQ(runner_->dispatches[0].request.work_id, untouched.work_item_id);
   std::map<store::WorkItemId, int> decisions_per_item;
-  for (const auto& d : Decisions(cycle_id)) ++decisions_per_item[d.work_item_id];
-  for (const auto& [item, n] : decisions_per_item) EXPECT_EQ(n, 1) << "item " << item;
+  for (const auto& d : Decisions(cycle_id))
+    ++decisions_per_item[d.work_item_id];
+  for (const auto& [item, n] : decisions_per_item)
+    EXPECT_EQ(n, 1) << "item " << item;
 
   auto runs = test::Await(io_, store_.ListRuns(cycle_id));
   ASSERT_EQ(runs.size(), 2u);
@@ -355,11 +359,11 @@ TEST_F(SchedulerTest, PausedAgentsAndKindsOutsideTheToolProfileAreSkipped) {
   EXPECT_EQ(report.counts.skipped, 2);
   EXPECT_TRUE(runner_->dispatches.empty());
   std::map<store::WorkItemId, store::DispatchDecision> by_item;
-  for (const auto& d : Decisions(report.cycle_id)) by_item[d.work_item_id] = d;
+  for (const auto& d : Decisions(report.cycle_id))
+    by_item[d.work_item_id] = d;
   EXPECT_EQ(by_item.at(paused.work_item_id).decision, Decision::kSkippedPaused);
   EXPECT_EQ(by_item.at(forbidden.work_item_id).decision, Decision::kSkippedCapability);
-  EXPECT_NE(by_item.at(forbidden.work_item_id).reason.find("delete-everything"),
-            std::string::npos);
+  EXPECT_NE(by_item.at(forbidden.work_item_id).reason.find("delete-everything"), std::string::npos);
   EXPECT_EQ(Work(paused.work_item_id).state, WorkState::kPending);
 }
 
@@ -385,7 +389,8 @@ TEST_F(SchedulerTest, DispatchesPerCycleAreCappedByMaxDispatchAndMaxInflight) {
   settings_.scheduler.max_inflight = 3;
   Build();
   Agent("erp-sales", 10);
-  for (int i = 0; i < 6; ++i) Enqueue("erp-sales");
+  for (int i = 0; i < 6; ++i)
+    Enqueue("erp-sales");
   EXPECT_EQ(Cycle().counts.dispatched, 2);
   clock_.Advance(60s);
   EXPECT_EQ(Cycle().counts.dispatched, 1) << "3 in flight at most";

@@ -29,11 +29,11 @@ enum class RunStatus { kRunning, kCompleted, kAbandoned, kFailed };
 /// The dispatch decisions of SPEC section 4, one per work item a cycle considered.
 enum class Decision {
   kDispatched,
-  kDeferredLeaseHeld,   ///< the agent's bound of active leases is reached
-  kDeferredContended,   ///< another instance holds the agent's advisory lock right now
-  kSkippedPaused,       ///< agent not active
-  kSkippedCapability,   ///< work kind outside the agent's tool profile
-  kFailed,              ///< transport error; retried with backoff until max_attempts
+  kDeferredLeaseHeld,  ///< the agent's bound of active leases is reached
+  kDeferredContended,  ///< another instance holds the agent's advisory lock right now
+  kSkippedPaused,      ///< agent not active
+  kSkippedCapability,  ///< work kind outside the agent's tool profile
+  kFailed,             ///< transport error; retried with backoff until max_attempts
 };
 
 std::string_view ToString(Lifecycle v);

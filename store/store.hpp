@@ -68,7 +68,7 @@ struct ClaimResult {
     kRunningElsewhere,  ///< another live run owns it: skip it
   };
   Outcome outcome = Outcome::kClaimed;
-  SchedulerRun run;                   ///< the new run, or the one that blocks the claim
+  SchedulerRun run;                    ///< the new run, or the one that blocks the claim
   std::optional<RunId> abandoned_run;  ///< for kTookOver
 };
 
@@ -93,7 +93,7 @@ struct DispatchClaim {
   bool recorded = false;  ///< false: this cycle already decided on this attempt, or the item
                           ///< is no longer dispatchable; nothing was written for it
   DispatchDecision decision;
-  std::optional<Lease> lease;  ///< for kDispatched
+  std::optional<Lease> lease;    ///< for kDispatched
   std::optional<WorkItem> item;  ///< the item as dispatched (attempts already counted)
 };
 
@@ -115,14 +115,16 @@ struct Completion {
 struct CompletionResult {
   enum class Verdict {
     kAccepted,
-    kAcceptedLate,   ///< after expiry, but nobody leased the agent since
-    kUnknownLease,   ///< no such lease, or the token does not match
-    kReleased,       ///< the lease was already released
-    kOvertaken,      ///< expired and a newer lease of the agent was acquired at/after expiry
+    kAcceptedLate,  ///< after expiry, but nobody leased the agent since
+    kUnknownLease,  ///< no such lease, or the token does not match
+    kReleased,      ///< the lease was already released
+    kOvertaken,     ///< expired and a newer lease of the agent was acquired at/after expiry
   };
   Verdict verdict = Verdict::kAccepted;
   std::optional<WorkItem> item;  ///< the work item after the completion was applied
-  bool accepted() const { return verdict == Verdict::kAccepted || verdict == Verdict::kAcceptedLate; }
+  bool accepted() const {
+    return verdict == Verdict::kAccepted || verdict == Verdict::kAcceptedLate;
+  }
 };
 
 std::string_view ToString(CompletionResult::Verdict v);

@@ -25,7 +25,8 @@ class TempDir {
  public:
   TempDir() {
     std::string tmpl = (fs::temp_directory_path() / "warpd-test-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    if (mkdtemp(tmpl.data()) == nullptr)
+      throw std::runtime_error("mkdtemp failed");
     path_ = tmpl;
   }
   ~TempDir() { fs::remove_all(path_); }
@@ -55,7 +56,8 @@ class Warpd {
     std::vector<std::string> argv{WARPD_PATH};
     argv.insert(argv.end(), args.begin(), args.end());
     std::vector<char*> cargv;
-    for (auto& a : argv) cargv.push_back(a.data());
+    for (auto& a : argv)
+      cargv.push_back(a.data());
     cargv.push_back(nullptr);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -63,7 +65,8 @@ class Warpd {
     posix_spawn_file_actions_addopen(&fa, 2, err_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int rc = posix_spawn(&pid_, WARPD_PATH, &fa, nullptr, cargv.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw std::runtime_error("cannot start warpd");
+    if (rc != 0)
+      throw std::runtime_error("cannot start warpd");
   }
   ~Warpd() {
     if (pid_ > 0) {
@@ -93,7 +96,8 @@ class Warpd {
   bool WaitForLog(const std::string& text, std::chrono::milliseconds limit = 15s) {
     const auto deadline = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < deadline) {
-      if (Err().find(text) != std::string::npos) return true;
+      if (Err().find(text) != std::string::npos)
+        return true;
       std::this_thread::sleep_for(20ms);
     }
     return false;
@@ -112,14 +116,16 @@ std::string Config(const std::string& interval, const std::string& command,
                    const std::string& grace = "5s") {
   return R"([daemon]
 instance = "proc-test"
-shutdown_grace = ")" + grace + R"("
+shutdown_grace = ")" +
+         grace + R"("
 
 [store]
 backend = "memory"
 fixtures = "fixtures.toml"
 
 [scheduler]
-interval = ")" + interval + R"("
+interval = ")" +
+         interval + R"("
 
 [leasing]
 ttl = "10s"
@@ -127,7 +133,8 @@ renew_every = "2s"
 
 [runner.work]
 transport = "exec"
-command = )" + command + R"(
+command = )" +
+         command + R"(
 timeout = "30s"
 kill_grace = "1s"
 )";

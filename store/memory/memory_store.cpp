@@ -14,7 +14,9 @@ void MemoryStore::SetAgentLockedElsewhere(AgentId id, bool locked) {
   }
 }
 
-Task<TimePoint> MemoryStore::Now() { co_return clock_(); }
+Task<TimePoint> MemoryStore::Now() {
+  co_return clock_();
+}
 
 Task<void> MemoryStore::PutToolProfile(ToolProfile profile) {
   if (profile.tool_profile_id.empty()) {
@@ -26,14 +28,15 @@ Task<void> MemoryStore::PutToolProfile(ToolProfile profile) {
 
 Task<std::vector<ToolProfile>> MemoryStore::ListToolProfiles() {
   std::vector<ToolProfile> out;
-  for (const auto& [id, p] : tool_profiles_) out.push_back(p);
+  for (const auto& [id, p] : tool_profiles_)
+    out.push_back(p);
   co_return out;
 }
 
 Task<Agent> MemoryStore::RegisterAgent(NewAgent agent) {
   if (!IsValidSlug(agent.agent_slug)) {
-    throw StoreError(StoreError::Kind::kInvalid,
-                     "agent_slug '" + agent.agent_slug + "' does not match ^[a-z0-9][a-z0-9-]{0,62}$");
+    throw StoreError(StoreError::Kind::kInvalid, "agent_slug '" + agent.agent_slug +
+                                                     "' does not match ^[a-z0-9][a-z0-9-]{0,62}$");
   }
   if (agent.business_link.empty()) {
     throw StoreError(StoreError::Kind::kInvalid,
@@ -56,7 +59,8 @@ Task<Agent> MemoryStore::RegisterAgent(NewAgent agent) {
 
 Task<std::vector<Agent>> MemoryStore::ListAgents() {
   std::vector<Agent> out;
-  for (const auto& [id, a] : agents_) out.push_back(a);
+  for (const auto& [id, a] : agents_)
+    out.push_back(a);
   co_return out;
 }
 
@@ -76,7 +80,8 @@ Task<bool> MemoryStore::SetAgentLifecycle(std::string slug, Lifecycle lifecycle)
 Task<EnqueueResult> MemoryStore::EnqueueWork(NewWork work, int default_max_attempts) {
   const Agent* agent = nullptr;
   for (const auto& [id, a] : agents_) {
-    if (a.agent_slug == work.agent_slug) agent = &a;
+    if (a.agent_slug == work.agent_slug)
+      agent = &a;
   }
   if (agent == nullptr) {
     throw StoreError(StoreError::Kind::kNotFound, "unknown agent '" + work.agent_slug + "'");
@@ -84,7 +89,8 @@ Task<EnqueueResult> MemoryStore::EnqueueWork(NewWork work, int default_max_attem
   if (auto problem = PayloadProblem(work.payload_json); !problem.empty()) {
     throw StoreError(StoreError::Kind::kInvalid, problem);
   }
-  if (work.kind.empty()) throw StoreError(StoreError::Kind::kInvalid, "work kind is empty");
+  if (work.kind.empty())
+    throw StoreError(StoreError::Kind::kInvalid, "work kind is empty");
   if (auto it = work_by_key_.find(work.idempotency_key); it != work_by_key_.end()) {
     co_return EnqueueResult{work_.at(it->second), false};
   }
@@ -113,14 +119,16 @@ Task<EnqueueResult> MemoryStore::EnqueueWork(NewWork work, int default_max_attem
 
 Task<std::optional<WorkItem>> MemoryStore::GetWork(WorkItemId id) {
   auto it = work_.find(id);
-  if (it == work_.end()) co_return std::nullopt;
+  if (it == work_.end())
+    co_return std::nullopt;
   co_return it->second;
 }
 
 Task<std::vector<WorkItem>> MemoryStore::ListWork(std::optional<WorkState> state) {
   std::vector<WorkItem> out;
   for (const auto& [id, w] : work_) {
-    if (!state || w.state == *state) out.push_back(w);
+    if (!state || w.state == *state)
+      out.push_back(w);
   }
   co_return out;
 }
@@ -134,11 +142,14 @@ Task<std::vector<WorkItem>> MemoryStore::SelectDueWork(int limit) {
     }
   }
   std::sort(due.begin(), due.end(), [](const WorkItem& a, const WorkItem& b) {
-    if (a.priority != b.priority) return a.priority > b.priority;
-    if (a.due_at != b.due_at) return a.due_at < b.due_at;
+    if (a.priority != b.priority)
+      return a.priority > b.priority;
+    if (a.due_at != b.due_at)
+      return a.due_at < b.due_at;
     return a.work_item_id < b.work_item_id;
   });
-  if (limit >= 0 && due.size() > static_cast<std::size_t>(limit)) due.resize(limit);
+  if (limit >= 0 && due.size() > static_cast<std::size_t>(limit))
+    due.resize(limit);
   co_return due;
 }
 
@@ -146,9 +157,11 @@ Task<int> MemoryStore::RequeueExpiredWork() {
   const TimePoint now = clock_();
   int moved = 0;
   for (auto& [id, w] : work_) {
-    if (w.state != WorkState::kDispatched || !w.lease_id) continue;
+    if (w.state != WorkState::kDispatched || !w.lease_id)
+      continue;
     const Lease& lease = leases_.at(*w.lease_id);
-    if (lease.released_at || lease.expires_at > now) continue;
+    if (lease.released_at || lease.expires_at > now)
+      continue;
     w.last_error = "lease " + std::to_string(lease.lease_id) + " expired without completion";
     w.state = w.attempts >= w.max_attempts ? WorkState::kDead : WorkState::kPending;
     ++moved;
@@ -160,7 +173,8 @@ Task<ClaimResult> MemoryStore::ClaimCycle(CycleClaim claim) {
   const TimePoint now = clock_();
   ClaimResult result;
   for (auto& [id, run] : runs_) {
-    if (run.cycle_id != claim.cycle_id) continue;
+    if (run.cycle_id != claim.cycle_id)
+      continue;
     if (run.status == RunStatus::kCompleted) {
       co_return ClaimResult{ClaimResult::Outcome::kAlreadyCompleted, run, std::nullopt};
     }
@@ -188,7 +202,8 @@ Task<ClaimResult> MemoryStore::ClaimCycle(CycleClaim claim) {
 
 Task<bool> MemoryStore::HeartbeatRun(RunId run) {
   auto it = runs_.find(run);
-  if (it == runs_.end() || it->second.status != RunStatus::kRunning) co_return false;
+  if (it == runs_.end() || it->second.status != RunStatus::kRunning)
+    co_return false;
   it->second.heartbeat_at = clock_();
   co_return true;
 }
@@ -196,9 +211,11 @@ Task<bool> MemoryStore::HeartbeatRun(RunId run) {
 Task<void> MemoryStore::FinishRun(RunId run, RunStatus status, RunCounts counts,
                                   std::string error) {
   auto it = runs_.find(run);
-  if (it == runs_.end()) throw StoreError(StoreError::Kind::kNotFound, "unknown run");
+  if (it == runs_.end())
+    throw StoreError(StoreError::Kind::kNotFound, "unknown run");
   // A run that was taken over stays abandoned: its late finish must not resurrect it.
-  if (it->second.status != RunStatus::kRunning) co_return;
+  if (it->second.status != RunStatus::kRunning)
+    co_return;
   it->second.status = status;
   it->second.counts = counts;
   it->second.error = std::move(error);
@@ -208,7 +225,8 @@ Task<void> MemoryStore::FinishRun(RunId run, RunStatus status, RunCounts counts,
 Task<std::vector<SchedulerRun>> MemoryStore::ListRuns(std::string cycle_id) {
   std::vector<SchedulerRun> out;
   for (const auto& [id, r] : runs_) {
-    if (cycle_id.empty() || r.cycle_id == cycle_id) out.push_back(r);
+    if (cycle_id.empty() || r.cycle_id == cycle_id)
+      out.push_back(r);
   }
   co_return out;
 }
@@ -216,7 +234,8 @@ Task<std::vector<SchedulerRun>> MemoryStore::ListRuns(std::string cycle_id) {
 Task<std::vector<DispatchDecision>> MemoryStore::ListDecisions(std::string cycle_id) {
   std::vector<DispatchDecision> out;
   for (const auto& [key, d] : decisions_) {
-    if (cycle_id.empty() || d.cycle_id == cycle_id) out.push_back(d);
+    if (cycle_id.empty() || d.cycle_id == cycle_id)
+      out.push_back(d);
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
     return std::tie(a.at, a.work_item_id) < std::tie(b.at, b.work_item_id);
@@ -227,7 +246,8 @@ Task<std::vector<DispatchDecision>> MemoryStore::ListDecisions(std::string cycle
 int MemoryStore::ActiveLeases(AgentId agent, TimePoint now) const {
   int n = 0;
   for (const auto& [id, l] : leases_) {
-    if (l.agent_id == agent && !l.released_at && l.expires_at > now) ++n;
+    if (l.agent_id == agent && !l.released_at && l.expires_at > now)
+      ++n;
   }
   return n;
 }
@@ -238,11 +258,10 @@ Task<std::vector<DispatchClaim>> MemoryStore::ClaimDispatches(DispatchBatch batc
   // unknown item late in it must not leave the leases of earlier candidates behind.
   for (const auto& c : batch.candidates) {
     auto wit = work_.find(c.work_item_id);
-    if (wit == work_.end() || !agents_.contains(c.agent_id) ||
-        wit->second.agent_id != c.agent_id) {
-      throw StoreError(StoreError::Kind::kNotFound,
-                       "work item " + std::to_string(c.work_item_id) + " of agent " +
-                           std::to_string(c.agent_id) + " does not exist");
+    if (wit == work_.end() || !agents_.contains(c.agent_id) || wit->second.agent_id != c.agent_id) {
+      throw StoreError(StoreError::Kind::kNotFound, "work item " + std::to_string(c.work_item_id) +
+                                                        " of agent " + std::to_string(c.agent_id) +
+                                                        " does not exist");
     }
   }
   std::vector<DispatchClaim> out;
@@ -383,8 +402,10 @@ Task<std::vector<Lease>> MemoryStore::ListLeases(std::optional<AgentId> agent, b
   const TimePoint now = clock_();
   std::vector<Lease> out;
   for (const auto& [id, l] : leases_) {
-    if (agent && l.agent_id != *agent) continue;
-    if (active_only && (l.released_at || l.expires_at <= now)) continue;
+    if (agent && l.agent_id != *agent)
+      continue;
+    if (active_only && (l.released_at || l.expires_at <= now))
+      continue;
     out.push_back(l);
   }
   co_return out;

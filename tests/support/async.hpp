@@ -24,7 +24,8 @@ T Await(boost::asio::io_context& io, boost::asio::awaitable<T> task,
   const auto deadline = std::chrono::steady_clock::now() + limit;
   io.restart();
   while (future.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
-    if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("Await: timed out");
+    if (std::chrono::steady_clock::now() > deadline)
+      throw std::runtime_error("Await: timed out");
     io.run_one_for(std::chrono::milliseconds(50));
     io.restart();
   }
