@@ -277,20 +277,6 @@ CronExpression CronExpression::Parse(std::string_view text) {
   return cron;
 }
 
-bool CronExpression::Matches(store::TimePoint minute) const {
-  using namespace std::chrono;
-  const auto m = floor<minutes>(minute);
-  const auto day = floor<days>(m);
-  const hh_mm_ss time_of_day{m - day};
-  if (!hours_[static_cast<std::size_t>(time_of_day.hours().count())] ||
-      !minutes_[static_cast<std::size_t>(time_of_day.minutes().count())]) {
-    return false;
-  }
-  const year_month_day ymd{day};
-  return months_[static_cast<unsigned>(ymd.month())] &&
-         DayMatches(day, ymd, days_of_month_, days_of_week_, dom_restricted_ && dow_restricted_);
-}
-
 std::optional<store::TimePoint> CronExpression::Next(store::TimePoint t) const {
   using namespace std::chrono;
   const Minutes base = floor<minutes>(t);

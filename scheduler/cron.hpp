@@ -28,8 +28,6 @@ class CronExpression {
   const std::string& text() const { return text_; }
 
  private:
-  bool Matches(store::TimePoint minute) const;
-
   std::string text_;
   std::bitset<60> minutes_;
   std::bitset<24> hours_;
