@@ -5,13 +5,13 @@
 CREATE SCHEMA IF NOT EXISTS warp;
 
 -- Database time. Every lease, expiry and cycle decision reads it, never the host clock.
--- A session may shift it with `SET warp.clock_offset = '90 seconds'`: the store contract tests
--- advance time that way; production sessions never set it.
+-- A session may pin it with `SET warp.test_now = '2024-01-15 09:00:00+00'`: the store contract
+-- tests control time that way; production sessions never set it.
 CREATE FUNCTION warp.now() RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
   -- pg_catalog-qualified: under `SET search_path = warp` a bare now() would be this function.
-  SELECT pg_catalog.now()
-         + coalesce(nullif(pg_catalog.current_setting('warp.clock_offset', true), ''), '0')::interval
+  SELECT coalesce(nullif(pg_catalog.current_setting('warp.test_now', true), '')::timestamptz,
+                  pg_catalog.now())
 $$;
 
 -- The advisory lock key of an agent (pg_try_advisory_xact_lock); namespaced by a hash so it does
