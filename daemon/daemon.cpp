@@ -13,14 +13,19 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 
 #include "config/config.hpp"
 #include "config/fixtures.hpp"
 #include "leasing/lease_keeper.hpp"
 #include "logging/journal_sink.hpp"
 #include "logging/log.hpp"
+#include "migrations/schema_version.hpp"
 #include "scheduler/scheduler.hpp"
 #include "store/memory/memory_store.hpp"
+#include "store/postgres/postgres_store.hpp"
 
 namespace warp::daemon {
 namespace {
@@ -57,15 +62,60 @@ std::string HostName() {
   return buf;
 }
 
-/// The store the config asks for. Throws std::runtime_error naming what is missing.
-std::unique_ptr<store::Store> MakeStore(const config::StoreSettings& s) {
+/// The database password: store.password_file, else $CREDENTIALS_DIRECTORY/warp-db-password
+/// (systemd LoadCredential=), else none (libpq's own .pgpass / service file). Never logged.
+std::optional<std::string> ReadPassword(const config::StoreSettings& s) {
+  std::filesystem::path file = s.password_file;
+  if (file.empty()) {
+    const char* dir = std::getenv("CREDENTIALS_DIRECTORY");
+    if (dir == nullptr || *dir == '\0')
+      return std::nullopt;
+    file = std::filesystem::path(dir) / "warp-db-password";
+    if (!std::filesystem::exists(file))
+      return std::nullopt;
+  }
+  std::ifstream in(file);
+  if (!in)
+    throw std::runtime_error("cannot read the database password file " + file.string());
+  std::string password;
+  std::getline(in, password);
+  return password;
+}
+
+/// The DSN with `application_name=warpd/<instance>` unless it names one itself.
+std::string WithApplicationName(const std::string& dsn, const std::string& instance) {
+  if (dsn.find("application_name") != std::string::npos)
+    return dsn;
+  const std::string value = "warpd/" + instance;
+  if (dsn.starts_with("postgres://") || dsn.starts_with("postgresql://")) {
+    return dsn + (dsn.find('?') == std::string::npos ? "?" : "&") + "application_name=" + value;
+  }
+  return dsn + " application_name=" + value;
+}
+
+/// The store the config asks for. Throws std::runtime_error naming what is wrong.
+std::unique_ptr<store::Store> MakeStore(const config::Settings& settings,
+                                        boost::asio::any_io_executor executor,
+                                        const logging::Logger& log) {
+  const auto& s = settings.store;
   if (s.backend == config::StoreBackend::kMemory) {
     return std::make_unique<store::MemoryStore>([] { return std::chrono::system_clock::now(); });
   }
-  throw std::runtime_error(
-      "store.backend = \"postgres\": the PostgreSQL store is not part of this build yet; use "
-      "backend = \"memory\"");
+  store::postgres::PostgresStoreSettings pg;
+  pg.pool.conninfo = WithApplicationName(s.dsn, settings.daemon.instance);
+  pg.pool.password = ReadPassword(s);
+  pg.pool.connect_timeout = s.connect_timeout;
+  pg.pool.acquire_timeout = s.connect_timeout;
+  pg.pool.size = 2;
+  pg.pool.session_setup = "SET TIME ZONE 'UTC'";
+  return std::make_unique<store::postgres::PostgresStore>(executor, std::move(pg), log);
 }
+
+/// Thrown when the database schema is not the one this build was made for.
+class SchemaMismatch : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 class Daemon {
  public:
@@ -82,6 +132,21 @@ class Daemon {
         lease_keeper_(io.get_executor(), *store_, settings_.leasing, log_) {}
 
   asio::awaitable<int> Main() {
+    if (auto* pg = dynamic_cast<store::postgres::PostgresStore*>(store_.get())) {
+      Notify(fmt::format(
+          "EXTEND_TIMEOUT_USEC={}\nSTATUS=connecting to the store",
+          std::chrono::duration_cast<std::chrono::microseconds>(settings_.store.connect_timeout * 2)
+              .count()));
+      const int version = co_await pg->SchemaVersion();
+      if (version != migrations::kExpectedSchemaVersion) {
+        throw SchemaMismatch(
+            fmt::format("the database schema is at version {}, this warpd needs version {}: {}",
+                        version, migrations::kExpectedSchemaVersion,
+                        version < migrations::kExpectedSchemaVersion
+                            ? "run `warpctl migrate up`"
+                            : "this warpd is older than the database; install the newer warpd"));
+      }
+    }
     if (!settings_.store.fixtures.empty()) {
       auto fixtures = config::LoadFixtures(settings_.store.fixtures);
       co_await config::ApplyFixtures(*store_, fixtures, settings_.scheduler.max_attempts);
@@ -274,9 +339,10 @@ int Run(const Options& options) {
   // A child that closes its stdin early must not kill the daemon.
   ::signal(SIGPIPE, SIG_IGN);
 
+  asio::io_context io;
   std::unique_ptr<store::Store> store;
   try {
-    store = MakeStore(settings.store);
+    store = MakeStore(settings, io.get_executor(), log);
   } catch (const std::exception& e) {
     log.Error(Event::kDaemonStopped, {}, "{}", e.what());
     log.Flush();
@@ -284,7 +350,6 @@ int Run(const Options& options) {
     return EX_CONFIG;
   }
 
-  asio::io_context io;
   Daemon daemon(io, options, std::move(settings), log, std::move(store));
   int exit_code = EX_SOFTWARE;
   asio::co_spawn(io, daemon.Main(), [&](std::exception_ptr error, int code) {
@@ -295,6 +360,9 @@ int Run(const Options& options) {
     try {
       std::rethrow_exception(error);
     } catch (const config::ConfigError& e) {
+      log.Error(Event::kDaemonStopped, {}, "{}", e.what());
+      exit_code = EX_CONFIG;
+    } catch (const SchemaMismatch& e) {
       log.Error(Event::kDaemonStopped, {}, "{}", e.what());
       exit_code = EX_CONFIG;
     } catch (const std::invalid_argument& e) {  // a runner this build cannot serve

@@ -237,7 +237,9 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
     for (auto& p : co_await store_.ListToolProfiles())
       profiles[p.tool_profile_id] = std::move(p);
 
-    store::DispatchBatch batch{report.run_id, report.cycle_id, daemon_.instance, leasing_.ttl, {}};
+    store::DispatchBatch batch{
+        report.run_id,           report.cycle_id, daemon_.instance, leasing_.ttl, {},
+        RetryPolicyOf(settings_)};
     batch.candidates.reserve(due.size());
     for (const auto& item : due) {
       const store::Agent& agent = *by_id.at(item.agent_id);

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libboost-dev libboost-system-dev
-  libpq-dev
+  libpq-dev libssl-dev
   libtomlplusplus-dev
   libspdlog-dev libfmt-dev
   libsystemd-dev

@@ -87,6 +87,9 @@ struct DispatchBatch {
   std::string instance;
   Duration lease_ttl{std::chrono::seconds(60)};
   std::vector<DispatchCandidate> candidates;
+  /// Stored with each dispatched item, so a completion an agent reports itself (SQL
+  /// warp.complete_work) backs off as this instance would.
+  RetryPolicy retry;
 };
 
 struct DispatchClaim {

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -28,6 +29,18 @@
 
 #include "store/memory/memory_store.hpp"
 #include "store/store.hpp"
+
+#ifdef WARP_CONTRACT_POSTGRES
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "store/postgres/postgres_store.hpp"
+#endif
 
 namespace warp::store {
 
@@ -147,9 +160,106 @@ class MemoryHarness final : public Harness {
   MemoryStore store_;
 };
 
-StoreFactory MemoryFactory() {
+[[maybe_unused]] StoreFactory MemoryFactory() {
   return {"Memory", [](boost::asio::io_context&) { return std::make_unique<MemoryHarness>(); }};
 }
+
+#ifdef WARP_CONTRACT_POSTGRES
+template <class T>
+T Run(boost::asio::io_context& io, Task<T> task);
+
+/// A throwaway database per test, cloned from a template that has the project's migrations
+/// applied; database time pinned through warp.test_now; a second session for agent locks.
+class PostgresHarness final : public Harness {
+ public:
+  explicit PostgresHarness(boost::asio::io_context& io) : io_(io), admin_(io.get_executor()) {
+    const char* dsn = std::getenv("WARP_TEST_DSN");
+    if (dsn == nullptr || *dsn == '\0') {
+      throw std::runtime_error("WARP_TEST_DSN is not set: run the suite through scripts/test.sh");
+    }
+    dsn_ = dsn;
+    Run(io_, admin_.Connect(dsn_, std::nullopt, seconds(10)));
+    EnsureTemplate();
+    static std::atomic<int> counter{0};
+    database_ = "warp_contract_" + std::to_string(::getpid()) + "_" + std::to_string(++counter);
+    Admin("CREATE DATABASE " + database_ + " TEMPLATE warp_contract_template");
+    postgres::PostgresStoreSettings settings;
+    settings.pool.conninfo = dsn_ + " dbname=" + database_;
+    settings.pool.size = 1;  // PinNowForTests sets a session variable
+    store_.emplace(io_.get_executor(), settings, logging::Logger());
+    now_ = std::chrono::sys_days{std::chrono::year{2024} / std::chrono::January / 15} + hours{9};
+    Run(io_, store_->PinNowForTests(now_));
+    locker_.emplace(io_.get_executor());
+    Run(io_, locker_->Connect(settings.pool.conninfo, std::nullopt, seconds(10)));
+  }
+
+  ~PostgresHarness() override {
+    locker_.reset();
+    store_.reset();
+    try {
+      Admin("DROP DATABASE IF EXISTS " + database_ + " WITH (FORCE)");
+    } catch (const std::exception&) {
+      // A leftover database dies with the throwaway server.
+    }
+  }
+
+  Store& GetStore() override { return *store_; }
+  void AdvanceClock(Duration d) override {
+    now_ += d;
+    Run(io_, store_->PinNowForTests(now_));
+  }
+  void SetAgentLockedElsewhere(AgentId agent, bool locked) override {
+    const char* sql = locked ? "SELECT pg_advisory_lock(warp.agent_lock_key($1::bigint))"
+                             : "SELECT pg_advisory_unlock(warp.agent_lock_key($1::bigint))";
+    Run(io_, locker_->Execute(sql, {std::to_string(agent)}, seconds(10)));
+  }
+
+ private:
+  void Admin(const std::string& script) { Run(io_, admin_.ExecuteScript(script, seconds(30))); }
+
+  /// Creates warp_contract_template with every migration applied, once per test process
+  /// (another process may have made it already: then it is used as it is).
+  void EnsureTemplate() {
+    static bool done = false;
+    if (done)
+      return;
+    auto exists = Run(io_, admin_.Execute("SELECT 1 FROM pg_database WHERE datname = $1",
+                                          {"warp_contract_template"}, seconds(10)));
+    if (exists.rows() == 0) {
+      Admin("CREATE DATABASE warp_contract_template");
+      postgres::Connection tpl(io_.get_executor());
+      Run(io_, tpl.Connect(dsn_ + " dbname=warp_contract_template", std::nullopt, seconds(10)));
+      std::vector<std::filesystem::path> files;
+      for (const auto& e : std::filesystem::directory_iterator(
+               std::filesystem::path(WARP_SOURCE_DIR) / "migrations")) {
+        if (e.path().extension() == ".sql")
+          files.push_back(e.path());
+      }
+      std::sort(files.begin(), files.end());
+      for (const auto& f : files) {
+        std::ifstream in(f);
+        std::stringstream text;
+        text << in.rdbuf();
+        Run(io_, tpl.ExecuteScript(text.str(), seconds(60)));
+      }
+    }
+    done = true;
+  }
+
+  boost::asio::io_context& io_;
+  std::string dsn_;
+  std::string database_;
+  postgres::Connection admin_;
+  std::optional<postgres::Connection> locker_;
+  std::optional<postgres::PostgresStore> store_;
+  TimePoint now_;
+};
+
+StoreFactory PostgresFactory() {
+  return {"Postgres",
+          [](boost::asio::io_context& io) { return std::make_unique<PostgresHarness>(io); }};
+}
+#endif
 
 // --- running the store's coroutines --------------------------------------------------------
 
@@ -157,8 +267,12 @@ StoreFactory MemoryFactory() {
 template <class T>
 T Run(boost::asio::io_context& io, Task<T> task) {
   auto result = boost::asio::co_spawn(io, std::move(task), boost::asio::use_future);
-  io.run();
+  // Not io.run(): a connection pool may keep work on the context after the task is done.
   io.restart();
+  while (result.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+    io.run_one_for(std::chrono::milliseconds(100));
+    io.restart();
+  }
   return result.get();
 }
 
@@ -1467,13 +1581,19 @@ TEST_P(StoreContract, LeaseInvariantHoldsOverARandomizedHistory) {
   }
 }
 
-// A backend joins with its factory and one more line; the PostgreSQL one will hold its own
-// throwaway database, a settable database clock and a second connection for the agent lock:
-//   INSTANTIATE_TEST_SUITE_P(Postgres, StoreContract, ::testing::Values(PostgresFactory()), ...);
+// One executable per backend: the PostgreSQL one is built with WARP_CONTRACT_POSTGRES and
+// carries the ctest label `postgres`.
+#ifdef WARP_CONTRACT_POSTGRES
+INSTANTIATE_TEST_SUITE_P(Postgres, StoreContract, ::testing::Values(PostgresFactory()),
+                         [](const ::testing::TestParamInfo<StoreFactory>& info) {
+                           return info.param.name;
+                         });
+#else
 INSTANTIATE_TEST_SUITE_P(Memory, StoreContract, ::testing::Values(MemoryFactory()),
                          [](const ::testing::TestParamInfo<StoreFactory>& info) {
                            return info.param.name;
                          });
+#endif
 
 }  // namespace
 }  // namespace test
