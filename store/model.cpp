@@ -113,6 +113,36 @@ std::optional<WorkState> ParseWorkState(std::string_view s) {
   return std::nullopt;
 }
 
+std::optional<RunStatus> ParseRunStatus(std::string_view s) {
+  for (auto v :
+       {RunStatus::kRunning, RunStatus::kCompleted, RunStatus::kAbandoned, RunStatus::kFailed}) {
+    if (ToString(v) == s)
+      return v;
+  }
+  return std::nullopt;
+}
+
+std::optional<Decision> ParseDecision(std::string_view s) {
+  for (auto v : {Decision::kDispatched, Decision::kDeferredLeaseHeld, Decision::kDeferredContended,
+                 Decision::kSkippedPaused, Decision::kSkippedCapability, Decision::kFailed}) {
+    if (ToString(v) == s)
+      return v;
+  }
+  return std::nullopt;
+}
+
+std::string NewAgentProblem(const NewAgent& agent) {
+  if (!IsValidSlug(agent.agent_slug)) {
+    return "agent_slug '" + agent.agent_slug + "' does not match ^[a-z0-9][a-z0-9-]{0,62}$";
+  }
+  if (agent.business_link.empty()) {
+    return "agent '" + agent.agent_slug + "': business_link is required";
+  }
+  if (agent.max_active_leases < 0)
+    return "max_active_leases must not be negative";
+  return {};
+}
+
 bool IsValidSlug(std::string_view slug) {
   if (slug.empty() || slug.size() > 63)
     return false;

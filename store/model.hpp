@@ -42,6 +42,8 @@ std::string_view ToString(RunStatus v);
 std::string_view ToString(Decision v);
 std::optional<Lifecycle> ParseLifecycle(std::string_view s);
 std::optional<WorkState> ParseWorkState(std::string_view s);
+std::optional<RunStatus> ParseRunStatus(std::string_view s);
+std::optional<Decision> ParseDecision(std::string_view s);
 
 /// `^[a-z0-9][a-z0-9-]{0,62}$`
 bool IsValidSlug(std::string_view slug);
@@ -69,6 +71,10 @@ struct NewAgent {
   Lifecycle lifecycle = Lifecycle::kActive;
   std::map<std::string, std::string> labels;
 };
+
+/// Empty when `agent` may be registered, else what is wrong with it (bad slug, no business
+/// link, negative bound). Both stores check it; PostgreSQL enforces the same with CHECKs.
+std::string NewAgentProblem(const NewAgent& agent);
 
 struct Agent : NewAgent {
   AgentId agent_id = 0;

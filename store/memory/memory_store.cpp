@@ -34,16 +34,8 @@ Task<std::vector<ToolProfile>> MemoryStore::ListToolProfiles() {
 }
 
 Task<Agent> MemoryStore::RegisterAgent(NewAgent agent) {
-  if (!IsValidSlug(agent.agent_slug)) {
-    throw StoreError(StoreError::Kind::kInvalid, "agent_slug '" + agent.agent_slug +
-                                                     "' does not match ^[a-z0-9][a-z0-9-]{0,62}$");
-  }
-  if (agent.business_link.empty()) {
-    throw StoreError(StoreError::Kind::kInvalid,
-                     "agent '" + agent.agent_slug + "': business_link is required");
-  }
-  if (agent.max_active_leases < 0) {
-    throw StoreError(StoreError::Kind::kInvalid, "max_active_leases must not be negative");
+  if (auto problem = NewAgentProblem(agent); !problem.empty()) {
+    throw StoreError(StoreError::Kind::kInvalid, problem);
   }
   for (const auto& [id, a] : agents_) {
     if (a.agent_slug == agent.agent_slug) {

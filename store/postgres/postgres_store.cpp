@@ -32,24 +32,6 @@ Enum ParseOrThrow(std::string_view text, std::optional<Enum> (*parse)(std::strin
   return *v;
 }
 
-std::optional<RunStatus> ParseRunStatus(std::string_view s) {
-  for (auto v :
-       {RunStatus::kRunning, RunStatus::kCompleted, RunStatus::kAbandoned, RunStatus::kFailed}) {
-    if (ToString(v) == s)
-      return v;
-  }
-  return std::nullopt;
-}
-
-std::optional<Decision> ParseDecision(std::string_view s) {
-  for (auto v : {Decision::kDispatched, Decision::kDeferredLeaseHeld, Decision::kDeferredContended,
-                 Decision::kSkippedPaused, Decision::kSkippedCapability, Decision::kFailed}) {
-    if (ToString(v) == s)
-      return v;
-  }
-  return std::nullopt;
-}
-
 /// jsonb comes back re-formatted by the server; hand out compact JSON like the memory store.
 std::string CompactJson(std::string_view text) {
   auto json = nlohmann::json::parse(text, nullptr, false);
@@ -356,17 +338,9 @@ Task<std::vector<ToolProfile>> PostgresStore::ListToolProfiles() {
 }
 
 Task<Agent> PostgresStore::RegisterAgent(NewAgent agent) {
-  // The database enforces both rules as well (CHECKs); checking here gives a clearer message.
-  if (!IsValidSlug(agent.agent_slug)) {
-    throw StoreError(StoreError::Kind::kInvalid, "agent_slug '" + agent.agent_slug +
-                                                     "' does not match ^[a-z0-9][a-z0-9-]{0,62}$");
-  }
-  if (agent.business_link.empty()) {
-    throw StoreError(StoreError::Kind::kInvalid,
-                     "agent '" + agent.agent_slug + "': business_link is required");
-  }
-  if (agent.max_active_leases < 0) {
-    throw StoreError(StoreError::Kind::kInvalid, "max_active_leases must not be negative");
+  // The database enforces these rules as well (CHECKs); checking here gives a clearer message.
+  if (auto problem = NewAgentProblem(agent); !problem.empty()) {
+    throw StoreError(StoreError::Kind::kInvalid, problem);
   }
   nlohmann::json labels = nlohmann::json::object();
   for (const auto& [k, v] : agent.labels)
