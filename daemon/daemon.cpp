@@ -19,6 +19,7 @@
 
 #include "config/config.hpp"
 #include "config/fixtures.hpp"
+#include "daemon/store_health.hpp"
 #include "leasing/lease_keeper.hpp"
 #include "logging/journal_sink.hpp"
 #include "logging/log.hpp"
@@ -129,7 +130,8 @@ class Daemon {
         signals_(io, SIGINT, SIGTERM, SIGHUP),
         stop_timer_(io),
         heartbeat_timer_(io),
-        lease_keeper_(io.get_executor(), *store_, settings_.leasing, log_) {}
+        lease_keeper_(io.get_executor(), *store_, settings_.leasing, log_),
+        store_health_(log_) {}
 
   asio::awaitable<int> Main() {
     if (auto* pg = dynamic_cast<store::postgres::PostgresStore*>(store_.get())) {
@@ -166,7 +168,9 @@ class Daemon {
               settings_.daemon.instance, settings_.daemon.group,
               settings_.store.backend == config::StoreBackend::kMemory ? "memory" : "postgres",
               settings_.scheduler.interval.count(), options_.once ? " (once)" : "");
-    Notify("READY=1\nSTATUS=started; waiting for the first cycle");
+    Notify("READY=1\nSTATUS=" + (store_health_.degraded()
+                                     ? store_health_.status()
+                                     : "started; waiting for the first cycle"));
 
     if (options_.once) {
       auto report = co_await scheduler_->RunCycle();
@@ -251,14 +255,30 @@ class Daemon {
     }
   }
 
+  /// Records this instance in the store. Every interval, so it is also what notices an outage
+  /// (and its end) while no cycle can run.
   asio::awaitable<void> Heartbeat() {
+    std::string unreachable;
     try {
       // A named argument: see the note on GCC 12 in Scheduler::RunCycleUnguarded.
       store::InstanceInfo info{settings_.daemon.instance, settings_.daemon.group, HostName(),
                                static_cast<int>(getpid()), WARP_VERSION};
       co_await store_->HeartbeatInstance(std::move(info));
+    } catch (const store::StoreError& e) {
+      if (e.kind() != store::StoreError::Kind::kUnavailable) {
+        log_.Warn(Event::kStoreError, {}, "instance heartbeat failed: {}", e.what());
+        co_return;
+      }
+      unreachable = e.what();
     } catch (const std::exception& e) {
       log_.Warn(Event::kStoreError, {}, "instance heartbeat failed: {}", e.what());
+      co_return;
+    }
+    if (!unreachable.empty()) {
+      if (store_health_.Unreachable(unreachable))
+        Notify("STATUS=" + store_health_.status());
+    } else if (store_health_.Reachable()) {
+      Notify("STATUS=store reachable again; waiting for the next cycle");
     }
   }
 
@@ -275,6 +295,13 @@ class Daemon {
 
   void ReportCycle(const scheduler::CycleReport& r) {
     using O = scheduler::CycleReport::Outcome;
+    if (r.outcome == O::kFailed && r.store_unavailable) {
+      store_health_.Unreachable(r.error);
+      Notify("STATUS=" + store_health_.status());
+      return;
+    }
+    if (r.outcome != O::kFailed)
+      store_health_.Reachable();  // the cycle reached the store
     std::string status;
     switch (r.outcome) {
       case O::kRan:
@@ -288,7 +315,8 @@ class Daemon {
                              scheduler_->inflight());
         break;
       case O::kFailed:
-        status = fmt::format("degraded: cycle {} failed: {}", r.cycle_id, r.error);
+        status = fmt::format("degraded: cycle {} failed: {}",
+                             r.cycle_id.empty() ? "(slot unknown)" : r.cycle_id, r.error);
         break;
     }
     Notify("STATUS=" + status);
@@ -304,6 +332,7 @@ class Daemon {
   asio::steady_timer heartbeat_timer_;
   leasing::LeaseKeeper lease_keeper_;
   std::optional<scheduler::Scheduler> scheduler_;
+  StoreHealth store_health_;
   bool stop_requested_ = false;
   bool stopping_ = false;
 };

@@ -1,5 +1,6 @@
 #include "leasing/lease_keeper.hpp"
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -16,7 +17,8 @@ LeaseKeeper::LeaseKeeper(boost::asio::any_io_executor executor, store::Store& st
       store_(store),
       settings_(settings),
       log_(std::move(log)),
-      timer_(executor) {}
+      timer_(executor),
+      deadline_timer_(executor) {}
 
 void LeaseKeeper::Start() {
   if (running_)
@@ -28,6 +30,7 @@ void LeaseKeeper::Start() {
 void LeaseKeeper::Stop() {
   running_ = false;
   timer_.cancel();
+  deadline_timer_.cancel();
 }
 
 void LeaseKeeper::UpdateSettings(config::LeasingSettings settings) {
@@ -41,10 +44,37 @@ void LeaseKeeper::Hold(const store::Lease& lease, std::string agent_slug, OnLost
                                std::move(agent_slug),
                                std::move(on_lost),
                                Clock::now() + settings_.ttl - settings_.renew_every / 2};
+  ArmDeadline();
 }
 
 void LeaseKeeper::Forget(store::LeaseId lease) {
   held_.erase(lease);
+}
+
+void LeaseKeeper::ArmDeadline() {
+  if (!running_ || held_.empty())
+    return;
+  auto earliest = Clock::time_point::max();
+  for (const auto& [id, h] : held_)
+    earliest = std::min(earliest, h.local_deadline);
+  deadline_timer_.expires_at(earliest);  // cancels the previous wait
+  deadline_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec)  // cancelled: re-armed, stopped, or the keeper is going away; `this` may be gone
+      return;
+    LoseOverdue();
+  });
+}
+
+void LeaseKeeper::LoseOverdue() {
+  const auto now = Clock::now();
+  std::vector<store::LeaseId> overdue;
+  for (const auto& [id, h] : held_) {
+    if (h.local_deadline <= now)
+      overdue.push_back(id);
+  }
+  for (auto id : overdue)
+    Lose(id, "no renewal was confirmed before its local deadline");
+  ArmDeadline();
 }
 
 void LeaseKeeper::Lose(store::LeaseId id, const std::string& reason) {
@@ -88,6 +118,7 @@ store::Task<void> LeaseKeeper::RenewAll() {
     }
     for (auto id : expiring)
       Lose(id, "could not be renewed before it expires (" + failure + ")");
+    ArmDeadline();
     co_return;
   }
   for (std::size_t i = 0; i < refs.size(); ++i) {
@@ -101,6 +132,7 @@ store::Task<void> LeaseKeeper::RenewAll() {
       Lose(id, "renewal refused: the lease expired or was released");
     }
   }
+  ArmDeadline();
 }
 
 boost::asio::awaitable<void> LeaseKeeper::Loop() {

@@ -4,8 +4,10 @@
 // refuses to renew (expired, released, unknown) is lost: its holder is told at once and must
 // stop the work. When the store cannot be reached, a lease is given up locally once its last
 // confirmed expiry, measured on the monotonic clock from before the renewal was sent, is less
-// than half a renewal period away (userver's Locker does the same), so work never outlives its
-// lease by more than that margin even during a database outage.
+// than half a renewal period away (userver's Locker does the same). A renewal that neither
+// succeeds nor fails in time (a hung connection, a connect backoff) does not hold that up: a
+// timer gives a lease up when its local deadline passes. So work stops before its lease expires
+// in the database even during an outage.
 //
 // Config keys: leasing.ttl, leasing.renew_every. Tables: writes agent_leases (renewals).
 #pragma once
@@ -58,12 +60,17 @@ class LeaseKeeper {
 
   boost::asio::awaitable<void> Loop();
   void Lose(store::LeaseId id, const std::string& reason);
+  /// Sets the deadline timer to the earliest local deadline of the held leases.
+  void ArmDeadline();
+  /// The deadline timer fired: gives up every lease whose local deadline has passed.
+  void LoseOverdue();
 
   boost::asio::any_io_executor executor_;
   store::Store& store_;
   config::LeasingSettings settings_;
   logging::Logger log_;
   boost::asio::steady_timer timer_;
+  boost::asio::steady_timer deadline_timer_;
   std::map<store::LeaseId, Held> held_;
   bool running_ = false;
 };

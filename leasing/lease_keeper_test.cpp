@@ -116,5 +116,25 @@ TEST_F(LeaseKeeperTest, ThePeriodicLoopRenewsOnItsOwn) {
   EXPECT_EQ(leases.at(0).expires_at, clock_.Now() + 30s);
 }
 
+TEST_F(LeaseKeeperTest, ALeaseWithoutAConfirmedRenewalIsGivenUpAtItsLocalDeadline) {
+  // The first renewal round (600ms) comes after the local deadline (ttl - renew_every / 2 =
+  // 100ms), as when a renewal hangs: the keeper must not wait for a renewal's outcome.
+  settings_.renew_every = 600ms;
+  settings_.ttl = 400ms;
+  LeaseKeeper keeper(io_.get_executor(), store_, settings_, logging::Logger());
+  keeper.Start();
+  const auto lease = Acquire();
+  std::vector<std::string> reasons;
+  keeper.Hold(lease, "erp-sales", [&](std::string reason) { reasons.push_back(reason); });
+  test::RunFor(io_, 20ms);
+  EXPECT_TRUE(reasons.empty()) << "not before its local deadline";
+  test::RunFor(io_, 200ms);
+  keeper.Stop();
+  test::RunFor(io_, 10ms);
+  ASSERT_EQ(reasons.size(), 1u);
+  EXPECT_NE(reasons[0].find("before its local deadline"), std::string::npos) << reasons[0];
+  EXPECT_EQ(keeper.held(), 0u);
+}
+
 }  // namespace
 }  // namespace warp::leasing

@@ -22,7 +22,7 @@ struct EventInfo {
   std::string_view message_id;
 };
 
-constexpr std::array<EventInfo, 21> kEvents{{
+constexpr std::array<EventInfo, 23> kEvents{{
     {"general", "b3997f9c9b864790acc823d38e7cedce"},
     {"daemon_started", "0ad4d2776ab942218547de6c38c60bf6"},
     {"daemon_stopping", "af391d191f994137a5fca77fb9055ec5"},
@@ -44,6 +44,8 @@ constexpr std::array<EventInfo, 21> kEvents{{
     {"runner_output", "5eb5ee388cab448fba651d680eff3fa9"},
     {"observation", "da272f1116594b9b9d8681fcb260ed03"},
     {"store_error", "6b93e1f6c39141e18b385ec1ea2e57b1"},
+    {"store_unreachable", "61423c084d0d4644b0a525d40b6e481d"},
+    {"store_reachable", "21ebc9aa19234ef6a971b773ba3405d7"},
 }};
 
 // Order of the encoded fields after WARP_EVENT.

@@ -41,6 +41,8 @@ enum class Event {
   kRunnerOutput,
   kObservation,
   kStoreError,
+  kStoreUnreachable,  ///< the store stopped answering: the start of an outage (once)
+  kStoreReachable,    ///< the store answers again: the end of an outage (once)
 };
 
 std::string_view EventName(Event e);

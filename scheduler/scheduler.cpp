@@ -19,6 +19,15 @@ store::RetryPolicy RetryPolicyOf(const config::SchedulerSettings& s) {
   return store::RetryPolicy{s.retry_backoff, s.retry_backoff_max};
 }
 
+/// The log fields of a dispatch.
+logging::Fields FieldsOf(const DispatchRequest& r) {
+  return {.cycle_id = r.cycle_id,
+          .agent = r.agent_slug,
+          .lease_id = r.lease_id,
+          .fencing_token = r.fencing_token,
+          .work_id = r.work_id};
+}
+
 std::vector<Schedule> CompileSchedules(const config::Settings& settings) {
   std::vector<Schedule> out;
   out.reserve(settings.schedules.size());
@@ -80,6 +89,9 @@ store::Task<void> Scheduler::TickLoop() {
   // before the boundary (steady vs. store clock) still runs the slot it was armed for, and a
   // late tick runs the current slot instead of replaying missed ones.
   std::optional<std::int64_t> last_target;
+  // Failed reads of the store time in a row: an outage is logged when it starts, not per tick
+  // (the daemon reports it; the pool logs its connect failures).
+  std::uint64_t time_failures = 0;
   while (ticking_) {
     const auto interval = settings_.interval;
     store::Duration delay = interval;
@@ -95,9 +107,15 @@ store::Task<void> Scheduler::TickLoop() {
         std::uniform_int_distribution<std::int64_t> pick(0, settings_.jitter.count() - 1);
         delay += store::Duration(pick(jitter_rng_));
       }
+      if (time_failures > 0) {
+        log_.Debug(Event::kStoreError, {}, "store time readable again after {} failed read(s)",
+                   time_failures);
+        time_failures = 0;
+      }
     } catch (const std::exception& e) {
-      log_.Error(Event::kStoreError, {}, "cannot read store time: {}; retrying in {}ms", e.what(),
-                 delay.count());
+      log_.Log(++time_failures == 1 ? spdlog::level::warn : spdlog::level::debug,
+               Event::kStoreError, {}, "cannot read store time: {}; no cycles until it can be read",
+               e.what());
     }
     tick_timer_.expires_after(std::max(delay, store::Duration::zero()));
     boost::system::error_code ec;
@@ -135,6 +153,9 @@ store::Task<CycleReport> Scheduler::RunCycle(std::optional<std::int64_t> slot) {
   std::string failure;
   try {
     co_await RunCycleUnguarded(slot, report);
+  } catch (const store::StoreError& e) {
+    failure = e.what();
+    report.store_unavailable = e.kind() == store::StoreError::Kind::kUnavailable;
   } catch (const std::exception& e) {
     failure = e.what();
   }
@@ -142,7 +163,8 @@ store::Task<CycleReport> Scheduler::RunCycle(std::optional<std::int64_t> slot) {
     report.outcome = CycleReport::Outcome::kFailed;
     report.error = failure;
     log_.Error(Event::kCycleFailed, {.cycle_id = report.cycle_id, .run_id = report.run_id},
-               "cycle {} failed: {}", report.cycle_id, failure);
+               "cycle {} failed: {}",
+               report.cycle_id.empty() ? std::string("(slot unknown)") : report.cycle_id, failure);
     if (report.run_id != 0) {
       try {
         co_await store_.FinishRun(report.run_id, store::RunStatus::kFailed, report.counts, failure);
@@ -223,14 +245,19 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
   const int capacity = std::min(settings_.max_dispatch_per_cycle, free_slots);
   std::vector<store::WorkItem> due;
   if (capacity > 0)
-    due = co_await store_.SelectDueWork(capacity);
+    due = co_await store_.SelectDueWork(capacity, leasing_.default_max_active);
   counts.due = static_cast<int>(due.size());
 
   std::vector<store::DispatchClaim> claims;
   std::unordered_map<store::AgentId, const store::Agent*> by_id;
   if (!due.empty()) {
-    if (!agents_loaded)
-      agents = co_await store_.ListAgents();
+    if (!agents_loaded) {
+      std::vector<store::AgentId> ids;
+      ids.reserve(due.size());
+      for (const auto& item : due)
+        ids.push_back(item.agent_id);
+      agents = co_await store_.GetAgents(std::move(ids));
+    }
     for (const auto& a : agents)
       by_id[a.agent_id] = &a;
     std::map<std::string, store::ToolProfile> profiles;
@@ -330,39 +357,76 @@ void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Ag
   entry.request = request;
   entry.runner = runner;
   entry.execution = runner->Start(std::move(request), [this, lease_id](DispatchResult result) {
-    boost::asio::co_spawn(executor_, FinishDispatch(lease_id, std::move(result)),
-                          boost::asio::detached);
+    FinishDispatch(lease_id, std::move(result));
   });
 }
 
-store::Task<void> Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchResult result) {
-  auto it = inflight_.find(lease_id);
-  if (it == inflight_.end())
-    co_return;
-  const Inflight entry = it->second;
-  lease_keeper_.Forget(lease_id);
-  const auto& r = entry.request;
-  const logging::Fields fields{.cycle_id = r.cycle_id,
-                               .agent = r.agent_slug,
-                               .lease_id = r.lease_id,
-                               .fencing_token = r.fencing_token,
-                               .work_id = r.work_id};
-  if (!entry.stop_reason.empty()) {
-    // We stopped it (lost lease, shutdown): its lease is left to expire and the work returns
-    // to pending; completing it here could race a newer holder.
-    log_.Warn(Event::kDispatchFailed, fields, "work {} stopped: {}; its lease is left to expire",
-              r.work_id, result.detail.empty() ? entry.stop_reason : result.detail);
-  } else {
-    store::Completion completion;
-    completion.lease = {r.lease_id, r.fencing_token};
-    completion.outcome = result.status == DispatchResult::Status::kDone ? store::Outcome::kDone
-                                                                        : store::Outcome::kFailed;
-    completion.detail = result.detail;
-    completion.transport_error = result.status == DispatchResult::Status::kTransportError;
-    completion.retry = result.retry;
-    try {
-      const auto retry = RetryPolicyOf(settings_);
-      auto done = co_await store_.CompleteWork(completion, retry);
+void Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchResult result) {
+  finished_.emplace_back(lease_id, std::move(result));
+  if (!recording_) {
+    // Marked before the coroutine starts (it starts on a later turn of the loop, by then
+    // holding everything that finished meanwhile).
+    recording_ = true;
+    boost::asio::co_spawn(executor_, RecordCompletions(), boost::asio::detached);
+  }
+}
+
+store::Task<void> Scheduler::RecordCompletions() {
+  while (!finished_.empty()) {
+    std::vector<std::pair<store::LeaseId, DispatchResult>> batch;
+    batch.swap(finished_);
+    std::vector<store::Completion> completions;
+    std::vector<const std::pair<store::LeaseId, DispatchResult>*> completed;
+    for (const auto& done : batch) {
+      auto it = inflight_.find(done.first);
+      if (it == inflight_.end())
+        continue;
+      lease_keeper_.Forget(done.first);
+      const auto& r = it->second.request;
+      // A Stop that came after the work had finished (e.g. the lease was lost while the
+      // daemon was frozen, after its child exited) stopped nothing: the runner reports the
+      // real outcome, and the store's fencing accepts or refuses it.
+      if (!it->second.stop_reason.empty() &&
+          done.second.status == DispatchResult::Status::kStopped) {
+        // We stopped it (lost lease, shutdown): its lease is left to expire and the work
+        // returns to pending; completing it here could race a newer holder.
+        log_.Warn(Event::kDispatchFailed, FieldsOf(r),
+                  "work {} stopped: {}; its lease is left to expire", r.work_id,
+                  done.second.detail.empty() ? it->second.stop_reason : done.second.detail);
+        continue;
+      }
+      const DispatchResult& result = done.second;
+      store::Completion completion;
+      completion.lease = {r.lease_id, r.fencing_token};
+      completion.outcome = result.status == DispatchResult::Status::kDone ? store::Outcome::kDone
+                                                                          : store::Outcome::kFailed;
+      completion.detail = result.detail;
+      completion.transport_error = result.status == DispatchResult::Status::kTransportError;
+      completion.retry = result.retry;
+      completions.push_back(std::move(completion));
+      completed.push_back(&done);
+    }
+    std::vector<store::CompletionResult> verdicts;
+    std::string failure;
+    if (!completions.empty()) {
+      try {
+        const auto retry = RetryPolicyOf(settings_);
+        verdicts = co_await store_.CompleteWorkBatch(std::move(completions), retry);
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+    }
+    for (std::size_t i = 0; i < completed.size(); ++i) {
+      const auto& [lease_id, result] = *completed[i];
+      const auto& r = inflight_.at(lease_id).request;
+      const auto fields = FieldsOf(r);
+      if (!failure.empty()) {
+        log_.Error(Event::kStoreError, fields,
+                   "cannot record the completion of work {}: {}; its lease will expire", r.work_id,
+                   failure);
+        continue;
+      }
+      const auto& done = verdicts.at(i);
       if (!done.accepted()) {
         log_.Warn(Event::kCompletionRejected, fields,
                   "completion of work {} refused ({}): the lease is no longer ours", r.work_id,
@@ -379,28 +443,26 @@ store::Task<void> Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchRes
                      ? " (late, accepted)"
                      : "");
       }
-    } catch (const std::exception& e) {
-      log_.Error(Event::kStoreError, fields,
-                 "cannot record the completion of work {}: {}; its lease will expire", r.work_id,
-                 e.what());
     }
+    for (const auto& done : batch)
+      inflight_.erase(done.first);
   }
-  inflight_.erase(lease_id);
+  recording_ = false;
   NotifyIfIdle();
 }
 
 void Scheduler::NotifyIfIdle() {
-  if (inflight_.empty() && !cycle_running_)
+  if (inflight_.empty() && !cycle_running_ && !recording_)
     idle_timer_.cancel();
 }
 
 store::Task<bool> Scheduler::WaitIdle(std::chrono::steady_clock::time_point deadline) {
-  while ((cycle_running_ || !inflight_.empty()) && SteadyClock::now() < deadline) {
+  while ((cycle_running_ || recording_ || !inflight_.empty()) && SteadyClock::now() < deadline) {
     idle_timer_.expires_at(deadline);
     boost::system::error_code ec;
     co_await idle_timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
   }
-  co_return !cycle_running_ && inflight_.empty();
+  co_return !cycle_running_ && !recording_ && inflight_.empty();
 }
 
 store::Task<void> Scheduler::Drain(store::Duration grace) {

@@ -40,6 +40,7 @@ struct CycleReport {
   store::RunCounts counts;
   std::chrono::milliseconds duration{0};
   std::string error;
+  bool store_unavailable = false;  ///< kFailed because the store could not be reached
 };
 
 /// Runner instances by name. Shared so that a reload can replace the set while dispatches
@@ -93,7 +94,10 @@ class Scheduler {
 
   store::Task<CycleReport> RunCycleUnguarded(std::optional<std::int64_t> slot, CycleReport& report);
   void StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent);
-  store::Task<void> FinishDispatch(store::LeaseId lease_id, DispatchResult result);
+  /// Queues a finished dispatch; completions that arrive while a batch is being recorded go
+  /// into the next batch (one store round trip per batch, not per dispatch).
+  void FinishDispatch(store::LeaseId lease_id, DispatchResult result);
+  store::Task<void> RecordCompletions();
   store::Task<void> TickLoop();
   /// Waits until no cycle runs and nothing is in flight, or `deadline`; true when idle.
   store::Task<bool> WaitIdle(std::chrono::steady_clock::time_point deadline);
@@ -111,6 +115,8 @@ class Scheduler {
   boost::asio::steady_timer tick_timer_;
   boost::asio::steady_timer idle_timer_;  // cancelled when the last dispatch finishes
   std::map<store::LeaseId, Inflight> inflight_;
+  std::vector<std::pair<store::LeaseId, DispatchResult>> finished_;  // awaiting RecordCompletions
+  bool recording_ = false;  // a RecordCompletions coroutine runs
   std::mt19937_64 jitter_rng_{std::random_device{}()};
   bool ticking_ = false;
   bool cycle_running_ = false;

@@ -138,20 +138,33 @@ TEST_F(SchedulerTest, ACycleLeasesDispatchesAndRecordsOneDecisionPerItem) {
   const auto f2 = Enqueue("erp-finance");
   const auto f3 = Enqueue("erp-finance");
 
+  // Each agent yields the room under its bound: the extra items wait without a decision.
   auto report = Cycle();
   EXPECT_EQ(report.outcome, CycleReport::Outcome::kRan);
-  EXPECT_EQ(report.counts.due, 5);
+  EXPECT_EQ(report.counts.due, 3);
   EXPECT_EQ(report.counts.dispatched, 3);
-  EXPECT_EQ(report.counts.deferred, 2);
+  EXPECT_EQ(report.counts.deferred, 0);
   ASSERT_EQ(runner_->dispatches.size(), 3u);
 
   std::map<store::WorkItemId, Decision> by_item;
   for (const auto& d : Decisions(report.cycle_id))
     by_item[d.work_item_id] = d.decision;
+  EXPECT_EQ(by_item.size(), 3u);
   EXPECT_EQ(by_item.at(s1.work_item_id), Decision::kDispatched);
-  EXPECT_EQ(by_item.at(s2.work_item_id), Decision::kDeferredLeaseHeld);
   EXPECT_EQ(by_item.at(f1.work_item_id), Decision::kDispatched);
   EXPECT_EQ(by_item.at(f2.work_item_id), Decision::kDispatched);
+
+  // The next slot's cycle (run early, while the leases live): both agents are at their
+  // bound and yield one item each, recorded as deferred.
+  const auto slot = SlotAt(clock_.Now(), settings_.scheduler.interval).index + 1;
+  const auto next = test::Await(io_, scheduler_->RunCycle(slot));
+  EXPECT_EQ(next.counts.due, 2);
+  EXPECT_EQ(next.counts.dispatched, 0);
+  EXPECT_EQ(next.counts.deferred, 2);
+  by_item.clear();
+  for (const auto& d : Decisions(next.cycle_id))
+    by_item[d.work_item_id] = d.decision;
+  EXPECT_EQ(by_item.at(s2.work_item_id), Decision::kDeferredLeaseHeld);
   EXPECT_EQ(by_item.at(f3.work_item_id), Decision::kDeferredLeaseHeld);
 
   const auto& req = runner_->dispatches[0].request;

@@ -11,12 +11,17 @@
 #   scripts/test-postgres.sh run COMMAND [ARG...]  # start, run COMMAND with the variables, stop
 #   scripts/test-postgres.sh start                 # start; print `export ...` lines for eval
 #   scripts/test-postgres.sh stop DIR              # stop the server of DIR (WARP_TEST_PGDIR)
+#   scripts/test-postgres.sh pause DIR             # stop it (pg_ctl -m fast), keep DIR and its data
+#   scripts/test-postgres.sh resume DIR            # start a paused server again on the same port
+# pause and resume simulate a database outage (tests/outage_pg_test.cpp); they need DIR and act
+# only on a directory this script made.
 #
 # WARP_TEST_DSN is a libpq conninfo for database warp_test as the superuser `postgres`, e.g.
 # `host=/tmp/warp-pg.AbC123 port=41234 user=postgres dbname=warp_test`; tests create their own
 # databases through it. WARP_TEST_PGBIN is the server's bin directory (pg_ctl, psql, ...).
 # As root the cluster belongs to the `postgres` user (initdb refuses root); otherwise to the
-# current user. Override the bin directory with WARP_TEST_PGBIN.
+# current user. Override the bin directory with WARP_TEST_PGBIN; WARP_TEST_PG_CONF holds extra
+# postgresql.conf lines.
 
 warp_test_pg__log() { echo "test-postgres: $*" >&2; }
 
@@ -68,6 +73,10 @@ full_page_writes = off
 max_connections = 200
 shared_buffers = 32MB
 EOF
+  # Extra settings from the caller (bench/run.sh preloads pg_stat_statements this way).
+  if [[ -n ${WARP_TEST_PG_CONF:-} ]]; then
+    printf '%s\n' "$WARP_TEST_PG_CONF" >>"$dir/data/postgresql.conf"
+  fi
 
   # Pick a random port; if the server cannot bind it (taken meanwhile), try another one.
   local port="" attempt candidate
@@ -95,6 +104,9 @@ EOF
     return 1
   fi
 
+  # For resume: a restarted server must come back where its clients look for it.
+  echo "$port" >"$dir/port"
+
   export WARP_TEST_PGDIR=$dir
   export WARP_TEST_PGBIN=$pgbin
   export WARP_TEST_DSN="host=$dir port=$port user=postgres dbname=warp_test"
@@ -120,6 +132,41 @@ warp_test_pg_stop() {
   return 0
 }
 
+# The cluster directory DIR if this script made it; otherwise logs why not and fails.
+warp_test_pg__own_dir() {
+  if [[ -z ${1:-} || ! -f $1/.warp-test-postgres ]]; then
+    warp_test_pg__log "not a directory of scripts/test-postgres.sh: '${1:-}'"
+    return 1
+  fi
+}
+
+# Stops the server of DIR (mode fast: sessions are terminated, as in a restart) and keeps DIR,
+# its data and its port for warp_test_pg_resume.
+warp_test_pg_pause() {
+  local dir=${1:-}
+  local pgbin=${WARP_TEST_PGBIN:-/usr/lib/postgresql/15/bin}
+  warp_test_pg__own_dir "$dir" || return 1
+  if ! warp_test_pg__as_owner "$pgbin/pg_ctl" -D "$dir/data" -w -t 60 stop -m fast >/dev/null; then
+    warp_test_pg__log "pg_ctl stop failed for $dir"
+    return 1
+  fi
+}
+
+# Starts the paused server of DIR again on the port it had.
+warp_test_pg_resume() {
+  local dir=${1:-}
+  local pgbin=${WARP_TEST_PGBIN:-/usr/lib/postgresql/15/bin}
+  warp_test_pg__own_dir "$dir" || return 1
+  local port
+  port=$(cat "$dir/port") || return 1
+  if ! warp_test_pg__as_owner "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-p $port" start >/dev/null; then
+    warp_test_pg__log "could not start PostgreSQL of $dir on port $port again; its log:"
+    tail -n 20 "$dir/server.log" >&2 || true
+    return 1
+  fi
+}
+
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   set -euo pipefail
   case ${1:-} in
@@ -130,6 +177,12 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
       ;;
     stop)
       warp_test_pg_stop "${2:-}"
+      ;;
+    pause)
+      warp_test_pg_pause "${2:-}"
+      ;;
+    resume)
+      warp_test_pg_resume "${2:-}"
       ;;
     run)
       shift
@@ -144,7 +197,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
       exit "$status"
       ;;
     *)
-      echo "usage: $0 start | stop DIR | run COMMAND [ARG...]" >&2
+      echo "usage: $0 start | stop DIR | pause DIR | resume DIR | run COMMAND [ARG...]" >&2
       exit 64
       ;;
   esac

@@ -40,6 +40,9 @@ class StoreError : public std::runtime_error {
   Kind kind_;
 };
 
+/// SelectDueWork considers at most this many times its limit of due items (see there).
+inline constexpr int kDueScanFactor = 4;
+
 /// Retry policy applied when a dispatch fails: the n-th failed attempt waits
 /// min(backoff * 2^(n-1), backoff_max) before the work is due again.
 struct RetryPolicy {
@@ -155,6 +158,8 @@ class Store {
   /// slug that exists.
   virtual Task<Agent> RegisterAgent(NewAgent agent) = 0;
   virtual Task<std::vector<Agent>> ListAgents() = 0;
+  /// The agents of `ids` that exist, in id order (a cycle reads only the agents it dispatches to).
+  virtual Task<std::vector<Agent>> GetAgents(std::vector<AgentId> ids) = 0;
   /// Returns false when no agent has that slug.
   virtual Task<bool> SetAgentLifecycle(std::string slug, Lifecycle lifecycle) = 0;
 
@@ -165,8 +170,11 @@ class Store {
   virtual Task<std::optional<WorkItem>> GetWork(WorkItemId id) = 0;
   virtual Task<std::vector<WorkItem>> ListWork(std::optional<WorkState> state) = 0;
   /// Due work (pending or failed-awaiting-retry, due_at <= now): priority descending, then
-  /// due_at, then id; at most `limit` items.
-  virtual Task<std::vector<WorkItem>> SelectDueWork(int limit) = 0;
+  /// due_at, then id; at most `limit` items, and at most max(1, bound - active leases) items of
+  /// one agent (its bound is max_active_leases, else `default_max_active`), so an agent at its
+  /// bound yields one item (to be recorded deferred) rather than crowding out the others. Only
+  /// the first kDueScanFactor * limit due items are considered.
+  virtual Task<std::vector<WorkItem>> SelectDueWork(int limit, int default_max_active) = 0;
   /// Dispatched work whose lease expired unreleased goes back to pending (dead when out of
   /// attempts). The lease itself is left as it is. Returns how many items moved.
   virtual Task<int> RequeueExpiredWork() = 0;
@@ -189,8 +197,18 @@ class Store {
   /// is expired, released or unknown (its holder must stop the work).
   virtual Task<std::vector<std::optional<TimePoint>>> RenewLeases(std::vector<LeaseRef> leases,
                                                                   Duration ttl) = 0;
-  /// The fencing-checked completion of SPEC section 5 (warp.complete_work).
-  virtual Task<CompletionResult> CompleteWork(Completion completion, RetryPolicy retry) = 0;
+  /// The fencing-checked completion of SPEC section 5 (warp.complete_work) for many leases in
+  /// one call, each judged on its own; results are in input order. A lease listed twice is
+  /// completed once (the repeat gets kReleased).
+  virtual Task<std::vector<CompletionResult>> CompleteWorkBatch(std::vector<Completion> completions,
+                                                                RetryPolicy retry) = 0;
+  /// One completion: a batch of one.
+  Task<CompletionResult> CompleteWork(Completion completion, RetryPolicy retry) {
+    std::vector<Completion> one;
+    one.push_back(std::move(completion));
+    auto results = co_await CompleteWorkBatch(std::move(one), retry);
+    co_return std::move(results.at(0));
+  }
   virtual Task<std::vector<Lease>> ListLeases(std::optional<AgentId> agent, bool active_only) = 0;
 
   // --- instances ------------------------------------------------------------------------

@@ -359,9 +359,9 @@ class StoreContract : public ::testing::TestWithParam<StoreFactory> {
       throw std::runtime_error("work item " + std::to_string(id) + " not found");
     return *item;
   }
-  std::vector<WorkItemId> DueIds(int limit = 100) {
+  std::vector<WorkItemId> DueIds(int limit = 100, int default_max_active = 1) {
     std::vector<WorkItemId> ids;
-    for (const auto& item : Await(store().SelectDueWork(limit)))
+    for (const auto& item : Await(store().SelectDueWork(limit, default_max_active)))
       ids.push_back(item.work_item_id);
     return ids;
   }
@@ -507,6 +507,19 @@ TEST_P(StoreContract, RegisterAgentReturnsDistinctIdsAndStoresTheRecord) {
   EXPECT_EQ(listed->labels, first.labels);
   EXPECT_EQ(listed->fencing_counter, 0);
   EXPECT_THAT(Await(store().ListAgents()), SizeIs(2));
+}
+
+TEST_P(StoreContract, GetAgentsReturnsTheExistingOnesOfTheIdsInIdOrder) {
+  const Agent a = AddAgent("first");
+  const Agent b = AddAgent("second", 3);
+  AddAgent("third");
+  std::vector<AgentId> ids{b.agent_id, a.agent_id, b.agent_id, b.agent_id + 1000};
+  const auto agents = Await(store().GetAgents(ids));
+  ASSERT_THAT(agents, SizeIs(2));
+  EXPECT_EQ(agents[0].agent_slug, "first");
+  EXPECT_EQ(agents[1].agent_slug, "second");
+  EXPECT_EQ(agents[1].max_active_leases, 3);
+  EXPECT_THAT(Await(store().GetAgents({})), IsEmpty());
 }
 
 TEST_P(StoreContract, RegisterAgentWithoutBusinessLinkIsInvalid) {
@@ -702,7 +715,7 @@ TEST_P(StoreContract, EnqueueAppliesDefaultMaxAttempts) {
 // --- selecting due work --------------------------------------------------------------------
 
 TEST_P(StoreContract, SelectDueWorkOrdersByPriorityThenDueAtThenId) {
-  const Agent agent = AddAgent("worker");
+  const Agent agent = AddAgent("worker", 10);
   const TimePoint now = Now();
   const WorkItem low_old = AddWorkDueAt(agent, now - seconds(60), 0);
   const WorkItem mid_late = AddWorkDueAt(agent, now - seconds(10), 1);
@@ -716,7 +729,7 @@ TEST_P(StoreContract, SelectDueWorkOrdersByPriorityThenDueAtThenId) {
 }
 
 TEST_P(StoreContract, SelectDueWorkExcludesFutureWork) {
-  const Agent agent = AddAgent("worker");
+  const Agent agent = AddAgent("worker", 10);
   const WorkItem now_item = AddWork(agent);
   const WorkItem later = AddWorkDueAt(agent, Now() + minutes(5), 10);
   EXPECT_THAT(DueIds(), ElementsAre(now_item.work_item_id));
@@ -725,13 +738,50 @@ TEST_P(StoreContract, SelectDueWorkExcludesFutureWork) {
 }
 
 TEST_P(StoreContract, SelectDueWorkHonoursLimit) {
-  const Agent agent = AddAgent("worker");
+  const Agent agent = AddAgent("worker", 10);
   std::vector<WorkItemId> ids;
   for (int i = 0; i < 5; ++i)
     ids.push_back(AddWork(agent).work_item_id);
   EXPECT_THAT(DueIds(2), ElementsAre(ids[0], ids[1]));
   EXPECT_THAT(DueIds(0), IsEmpty());
   EXPECT_THAT(DueIds(10), SizeIs(5));
+}
+
+TEST_P(StoreContract, SelectDueWorkYieldsPerAgentTheRoomLeftUnderItsBoundButAtLeastOne) {
+  const Agent two = AddAgent("two", 2);
+  std::vector<WorkItemId> ids;
+  for (int i = 0; i < 4; ++i)
+    ids.push_back(AddWork(two).work_item_id);
+  EXPECT_THAT(DueIds(), ElementsAre(ids[0], ids[1]));
+  LeaseWork(Work(ids[0]), 2);
+  EXPECT_THAT(DueIds(), ElementsAre(ids[1]));
+  LeaseWork(Work(ids[1]), 2);
+  // At its bound the agent still yields one item, which a cycle records as deferred.
+  EXPECT_THAT(DueIds(), ElementsAre(ids[2]));
+  // Expired leases do not count.
+  Advance(kLeaseTtl);
+  EXPECT_THAT(DueIds(), ElementsAre(ids[2], ids[3]));
+}
+
+TEST_P(StoreContract, SelectDueWorkAppliesTheDefaultBoundToAgentsWithoutOne) {
+  const Agent agent = AddAgent("unbounded", 0);
+  std::vector<WorkItemId> ids;
+  for (int i = 0; i < 4; ++i)
+    ids.push_back(AddWork(agent).work_item_id);
+  EXPECT_THAT(DueIds(100, 1), ElementsAre(ids[0]));
+  EXPECT_THAT(DueIds(100, 3), ElementsAre(ids[0], ids[1], ids[2]));
+}
+
+TEST_P(StoreContract, SelectDueWorkDoesNotLetAnAgentAtItsBoundCrowdOutOthers) {
+  const Agent busy = AddAgent("busy", 1);
+  const Agent other = AddAgent("other", 1);
+  const TimePoint now = Now();
+  const WorkItem first = AddWorkDueAt(busy, now - seconds(30));
+  for (int i = 0; i < 3; ++i)
+    AddWorkDueAt(busy, now - seconds(20));
+  const WorkItem later = AddWorkDueAt(other, now - seconds(10));
+  // Within the scan window (limit 2 looks at up to kDueScanFactor * 2 items).
+  EXPECT_THAT(DueIds(2), ElementsAre(first.work_item_id, later.work_item_id));
 }
 
 TEST_P(StoreContract, SelectDueWorkExcludesDispatchedAndDoneWork) {
@@ -1275,6 +1325,50 @@ TEST_P(StoreContract, SecondCompletionIsReleased) {
   EXPECT_EQ(Work(item.work_item_id).state, WorkState::kDone);
 }
 
+TEST_P(StoreContract, CompletionBatchJudgesEachCompletionOnItsOwnInOrder) {
+  const Agent agent = AddAgent("batch", 3);
+  const Agent solo = AddAgent("solo", 1);
+  const WorkItem done_item = AddWork(agent);
+  const WorkItem failed_item = AddWork(agent);
+  const WorkItem untouched = AddWork(agent);
+  const Lease done = LeaseWork(done_item, 3);
+  const Lease failed = LeaseWork(failed_item, 3);
+  const Lease kept = LeaseWork(untouched, 3);
+  const Lease stale = LeaseWork(AddWork(solo), 1, seconds(30));
+  Advance(seconds(31));
+  LeaseWork(AddWork(solo), 1);  // overtakes `stale`
+
+  Completion forged = DoneWith(kept);
+  forged.lease.fencing_token += 100;
+  std::vector<Completion> batch{DoneWith(done), FailedWith(failed), forged, DoneWith(stale),
+                                DoneWith(done)};
+  const RetryPolicy policy{seconds(10), minutes(10)};
+  const auto results = Await(store().CompleteWorkBatch(batch, policy));
+  ASSERT_THAT(results, SizeIs(5));
+  EXPECT_EQ(results[0].verdict, Verdict::kAccepted);
+  ASSERT_TRUE(results[0].item);
+  EXPECT_EQ(results[0].item->work_item_id, done_item.work_item_id);
+  EXPECT_EQ(results[0].item->state, WorkState::kDone);
+  EXPECT_EQ(results[1].verdict, Verdict::kAccepted);
+  ASSERT_TRUE(results[1].item);
+  EXPECT_EQ(results[1].item->state, WorkState::kFailed);
+  EXPECT_EQ(results[1].item->due_at, Now() + seconds(10));
+  EXPECT_EQ(results[2].verdict, Verdict::kUnknownLease);
+  EXPECT_FALSE(results[2].item);
+  EXPECT_EQ(results[3].verdict, Verdict::kOvertaken);
+  EXPECT_FALSE(results[3].item);
+  // The same lease twice in one batch is completed once.
+  EXPECT_EQ(results[4].verdict, Verdict::kReleased);
+
+  EXPECT_EQ(Work(done_item.work_item_id).state, WorkState::kDone);
+  EXPECT_EQ(Work(failed_item.work_item_id).state, WorkState::kFailed);
+  EXPECT_EQ(Work(untouched.work_item_id).state, WorkState::kDispatched);
+  EXPECT_FALSE(FindLease(kept.lease_id)->released_at);
+  EXPECT_FALSE(FindLease(stale.lease_id)->released_at);
+  EXPECT_THAT(ActiveLeases(agent), SizeIs(1));
+  EXPECT_THAT(Await(store().CompleteWorkBatch({}, policy)), IsEmpty());
+}
+
 TEST_P(StoreContract, CompletionAfterExpiryWithNobodyOvertakingIsAcceptedLate) {
   const Agent agent = AddAgent("worker");
   const WorkItem item = AddWork(agent);
@@ -1506,7 +1600,7 @@ TEST_P(StoreContract, LeaseInvariantHoldsOverARandomizedHistory) {
     } else if (action < 6) {  // a scheduler cycle
       const SchedulerRun run = ClaimRun(NextCycleId());
       std::vector<DispatchCandidate> candidates;
-      for (const auto& item : Await(store().SelectDueWork(8))) {
+      for (const auto& item : Await(store().SelectDueWork(8, 1))) {
         candidates.push_back(CandidateFor(item, bounds.at(item.agent_id)));
       }
       for (const auto& claim : Dispatch(run, candidates, seconds(15 + pick(46)))) {

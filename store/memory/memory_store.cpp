@@ -56,6 +56,17 @@ Task<std::vector<Agent>> MemoryStore::ListAgents() {
   co_return out;
 }
 
+Task<std::vector<Agent>> MemoryStore::GetAgents(std::vector<AgentId> ids) {
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<Agent> out;
+  for (const auto id : ids) {
+    if (auto it = agents_.find(id); it != agents_.end())
+      out.push_back(it->second);
+  }
+  co_return out;
+}
+
 Task<bool> MemoryStore::SetAgentLifecycle(std::string slug, Lifecycle lifecycle) {
   for (auto& [id, a] : agents_) {
     if (a.agent_slug == slug) {
@@ -125,7 +136,7 @@ Task<std::vector<WorkItem>> MemoryStore::ListWork(std::optional<WorkState> state
   co_return out;
 }
 
-Task<std::vector<WorkItem>> MemoryStore::SelectDueWork(int limit) {
+Task<std::vector<WorkItem>> MemoryStore::SelectDueWork(int limit, int default_max_active) {
   const TimePoint now = clock_();
   std::vector<WorkItem> due;
   for (const auto& [id, w] : work_) {
@@ -140,9 +151,33 @@ Task<std::vector<WorkItem>> MemoryStore::SelectDueWork(int limit) {
       return a.due_at < b.due_at;
     return a.work_item_id < b.work_item_id;
   });
-  if (limit >= 0 && due.size() > static_cast<std::size_t>(limit))
-    due.resize(limit);
-  co_return due;
+  limit = std::max(limit, 0);
+  if (due.size() > static_cast<std::size_t>(limit) * kDueScanFactor)
+    due.resize(static_cast<std::size_t>(limit) * kDueScanFactor);
+  // Per agent, at most max(1, bound - active leases) items.
+  std::map<AgentId, int> active;
+  for (const auto& [id, l] : leases_) {
+    if (!l.released_at && l.expires_at > now)
+      ++active[l.agent_id];
+  }
+  std::map<AgentId, int> room;
+  for (const auto& w : due) {
+    if (room.contains(w.agent_id))
+      continue;
+    const auto agent = agents_.find(w.agent_id);
+    const int bound = agent != agents_.end() && agent->second.max_active_leases > 0
+                          ? agent->second.max_active_leases
+                          : default_max_active;
+    room[w.agent_id] = std::max(1, bound - active[w.agent_id]);
+  }
+  std::vector<WorkItem> out;
+  for (auto& w : due) {
+    if (static_cast<int>(out.size()) >= limit)
+      break;
+    if (room[w.agent_id]-- > 0)
+      out.push_back(std::move(w));
+  }
+  co_return out;
 }
 
 Task<int> MemoryStore::RequeueExpiredWork() {
@@ -344,19 +379,19 @@ void MemoryStore::FailWork(WorkItem& item, const std::string& error, bool retry,
   item.due_at = now + policy.DelayAfter(item.attempts);
 }
 
-Task<CompletionResult> MemoryStore::CompleteWork(Completion completion, RetryPolicy retry) {
+CompletionResult MemoryStore::CompleteOne(const Completion& completion, const RetryPolicy& retry) {
   using V = CompletionResult::Verdict;
   const TimePoint now = clock_();
   CompletionResult result;
   auto it = leases_.find(completion.lease.lease_id);
   if (it == leases_.end() || it->second.fencing_token != completion.lease.fencing_token) {
     result.verdict = V::kUnknownLease;
-    co_return result;
+    return result;
   }
   Lease& lease = it->second;
   if (lease.released_at) {
     result.verdict = V::kReleased;
-    co_return result;
+    return result;
   }
   result.verdict = V::kAccepted;
   if (lease.expires_at <= now) {
@@ -364,7 +399,7 @@ Task<CompletionResult> MemoryStore::CompleteWork(Completion completion, RetryPol
       if (other.agent_id == lease.agent_id && other.lease_id != lease.lease_id &&
           other.acquired_at >= lease.expires_at) {
         result.verdict = V::kOvertaken;
-        co_return result;
+        return result;
       }
     }
     result.verdict = V::kAcceptedLate;
@@ -387,7 +422,16 @@ Task<CompletionResult> MemoryStore::CompleteWork(Completion completion, RetryPol
     }
   }
   result.item = item;
-  co_return result;
+  return result;
+}
+
+Task<std::vector<CompletionResult>> MemoryStore::CompleteWorkBatch(
+    std::vector<Completion> completions, RetryPolicy retry) {
+  std::vector<CompletionResult> out;
+  out.reserve(completions.size());
+  for (const auto& c : completions)
+    out.push_back(CompleteOne(c, retry));
+  co_return out;
 }
 
 Task<std::vector<Lease>> MemoryStore::ListLeases(std::optional<AgentId> agent, bool active_only) {

@@ -304,8 +304,10 @@ class Lease {
 /// A fixed number of Connections on one executor, opened lazily. Acquire waits in FIFO order
 /// for a free connection; a closed or broken one is (re)opened by the acquirer, with
 /// exponential backoff across failures (backoff_initial doubling to backoff_max) that every
-/// acquirer honours. Failed connects and recoveries are logged as Event::kStoreError (failures
-/// at most every 30 s while the message stays the same).
+/// acquirer honours. An attempt that the acquirer's own deadline cut short (less time left than
+/// connect_timeout) is not a failure: it neither grows nor renews the backoff. Failed connects
+/// and recoveries are logged as Event::kStoreError (failures at most every 30 s while the
+/// message stays the same).
 ///
 /// Destroying the Pool fails waiting Acquires with kUnavailable and closes free connections;
 /// outstanding Leases keep the shared state alive and close theirs when released. Destroy the

@@ -661,6 +661,24 @@ TEST_F(PgTest, APoolReportsTheEndOfAnOutage) {
   Query(*setup, "DROP TABLE pg_connection_test_probe");
 }
 
+TEST_F(PgTest, AConnectCutShortByTheCallersDeadlineDoesNotDelayTheNextOne) {
+  auto settings = Settings(1);
+  settings.connect_timeout = 3s;
+  settings.backoff_initial = 10s;  // a counted failure would fail the next Acquire at once
+  // Connecting takes at least 300ms: longer than the first caller waits.
+  settings.session_setup = "SELECT pg_sleep(0.3)";
+  auto log_lines = std::make_shared<std::vector<std::string>>();
+  Pool pool(io_.get_executor(), settings,
+            logging::MakeCaptureLogger(log_lines, logging::Format::kText));
+  EXPECT_EQ(AwaitError(io_, pool.Acquire(50ms)).kind(), Kind::kUnavailable);
+  EXPECT_EQ(pool.stats().failed_connects, 0u);
+  EXPECT_FALSE(pool.stats().outage.has_value());
+  EXPECT_TRUE(test::Await(io_, pool.Acquire(5s))) << "the next caller connects at once";
+  EXPECT_EQ(pool.stats().connects, 1u);
+  for (const auto& line : *log_lines)
+    EXPECT_EQ(line.find("connect failed"), std::string::npos) << "not a failure: " << line;
+}
+
 TEST_F(PgTest, DestroyingThePoolFailsWaitersAndLeasesOutliveIt) {
   auto pool = std::make_unique<Pool>(io_.get_executor(), Settings(1), logging::Logger());
   Lease lease = test::Await(io_, pool->Acquire(5s));

@@ -77,6 +77,10 @@ constexpr const char* kRegisterAgent =
 constexpr const char* kListAgents =
     "SELECT " WARP_AGENT_COLUMNS " FROM warp.agents ORDER BY agent_id";
 
+constexpr const char* kGetAgents = "SELECT " WARP_AGENT_COLUMNS
+                                   " FROM warp.agents WHERE agent_id = ANY($1::bigint[]) "
+                                   "ORDER BY agent_id";
+
 constexpr const char* kSetLifecycle =
     "UPDATE warp.agents SET lifecycle = $2 WHERE agent_slug = $1 RETURNING agent_id";
 
@@ -106,11 +110,22 @@ constexpr const char* kWorkByIds =
 constexpr const char* kListWork = "SELECT " WARP_WORK_COLUMNS
                                   " FROM warp.work_items WHERE $1::text IS NULL OR state = $1 "
                                   "ORDER BY work_item_id";
-// Served by the partial index work_items_due.
+// The scan is served by the partial index work_items_due, the room per agent by
+// agent_leases_active: the cost follows the limit, not the table.
 constexpr const char* kSelectDueWork =
+    "WITH due AS ("
+    " SELECT s.*, row_number() OVER (PARTITION BY s.agent_id "
+    "                                ORDER BY s.priority DESC, s.due_at, s.work_item_id) AS nth"
+    " FROM (SELECT * FROM warp.work_items"
+    "       WHERE state IN ('pending', 'failed') AND due_at <= warp.now()"
+    "       ORDER BY priority DESC, due_at, work_item_id LIMIT $1::integer * $3::integer) s), "
+    "room AS ("
+    " SELECT a.agent_id, greatest(1, coalesce(a.max_active_leases, $2::integer) - "
+    "   (SELECT count(*) FROM warp.agent_leases l WHERE l.agent_id = a.agent_id"
+    "     AND l.released_at IS NULL AND l.expires_at > warp.now())) AS n"
+    " FROM warp.agents a WHERE a.agent_id IN (SELECT agent_id FROM due)) "
     "SELECT " WARP_WORK_COLUMNS
-    " FROM warp.work_items "
-    "WHERE state IN ('pending', 'failed') AND due_at <= warp.now() "
+    " FROM due JOIN room USING (agent_id) WHERE due.nth <= room.n "
     "ORDER BY priority DESC, due_at, work_item_id LIMIT $1::integer";
 
 constexpr const char* kRequeueExpired = "SELECT warp.requeue_expired_work() AS moved";
@@ -154,9 +169,12 @@ constexpr const char* kRenewLeases =
     "SELECT lease_id, " WARP_US("expires_at") " AS expires_us "
     "FROM warp.renew_leases($1::bigint[], $2::bigint[], " WARP_MS("$3") ")";
 
-constexpr const char* kFinishWork =
-    "SELECT verdict, work_item_id FROM warp.finish_work($1::bigint, $2::bigint, $3, $4, "
-    "$5::boolean, $6::boolean, " WARP_MS("$7") ", " WARP_MS("$8") ")";
+// `f` without its work_item_id column, so that the item's columns are unambiguous.
+constexpr const char* kFinishWorkBatch =
+    "SELECT f.idx, f.verdict, " WARP_WORK_COLUMNS
+    " FROM (SELECT idx, verdict, item FROM warp.finish_work_batch($1::bigint[], $2::bigint[], "
+    "$3::text[], $4::text[], $5::boolean[], $6::boolean[], " WARP_MS("$7") ", " WARP_MS("$8") ")) f "
+    "LEFT JOIN LATERAL (SELECT (f.item).*) i ON true ORDER BY f.idx";
 
 constexpr const char* kListLeases =
     "SELECT lease_id, agent_id, work_item_id, fencing_token, holder_instance, "
@@ -358,6 +376,16 @@ Task<Agent> PostgresStore::RegisterAgent(NewAgent agent) {
   co_return AgentAt(r, 0);
 }
 
+Task<std::vector<Agent>> PostgresStore::GetAgents(std::vector<AgentId> ids) {
+  Params params{ArrayLiteral(ids)};
+  auto r = co_await Query(kGetAgents, std::move(params));
+  std::vector<Agent> out;
+  out.reserve(static_cast<std::size_t>(r.rows()));
+  for (int i = 0; i < r.rows(); ++i)
+    out.push_back(AgentAt(r, i));
+  co_return out;
+}
+
 Task<std::vector<Agent>> PostgresStore::ListAgents() {
   Params none;
   auto r = co_await Query(kListAgents, std::move(none));
@@ -425,8 +453,9 @@ Task<std::vector<WorkItem>> PostgresStore::ListWork(std::optional<WorkState> sta
   co_return WorkRows(r);
 }
 
-Task<std::vector<WorkItem>> PostgresStore::SelectDueWork(int limit) {
-  Params params{std::to_string(std::max(limit, 0))};
+Task<std::vector<WorkItem>> PostgresStore::SelectDueWork(int limit, int default_max_active) {
+  Params params{std::to_string(std::max(limit, 0)), std::to_string(default_max_active),
+                std::to_string(kDueScanFactor)};
   auto r = co_await Query(kSelectDueWork, std::move(params));
   co_return WorkRows(r);
 }
@@ -608,29 +637,41 @@ Task<std::vector<std::optional<TimePoint>>> PostgresStore::RenewLeases(std::vect
   co_return out;
 }
 
-Task<CompletionResult> PostgresStore::CompleteWork(Completion completion, RetryPolicy retry) {
-  Params params{std::to_string(completion.lease.lease_id),
-                std::to_string(completion.lease.fencing_token),
-                std::string(completion.outcome == Outcome::kDone ? "done" : "failed"),
-                completion.detail,
-                completion.transport_error ? "true" : "false",
-                completion.retry ? "true" : "false",
-                Ms(retry.backoff),
-                Ms(retry.backoff_max)};
-  auto r = co_await Query(kFinishWork, std::move(params));
-  CompletionResult result;
-  const auto verdict = r.GetString(0, "verdict");
+Task<std::vector<CompletionResult>> PostgresStore::CompleteWorkBatch(
+    std::vector<Completion> completions, RetryPolicy retry) {
+  std::vector<CompletionResult> out(completions.size());
+  if (completions.empty())
+    co_return out;
+  std::vector<std::int64_t> ids;
+  std::vector<std::int64_t> tokens;
+  std::vector<std::optional<std::string>> outcomes;
+  std::vector<std::optional<std::string>> details;
+  std::vector<std::optional<std::string>> transport_errors;
+  std::vector<std::optional<std::string>> retries;
+  for (const auto& c : completions) {
+    ids.push_back(c.lease.lease_id);
+    tokens.push_back(c.lease.fencing_token);
+    outcomes.emplace_back(c.outcome == Outcome::kDone ? "done" : "failed");
+    details.emplace_back(c.detail);
+    transport_errors.emplace_back(c.transport_error ? "true" : "false");
+    retries.emplace_back(c.retry ? "true" : "false");
+  }
+  Params params{ArrayLiteral(ids),     ArrayLiteral(tokens),           ArrayLiteral(outcomes),
+                ArrayLiteral(details), ArrayLiteral(transport_errors), ArrayLiteral(retries),
+                Ms(retry.backoff),     Ms(retry.backoff_max)};
+  auto r = co_await Query(kFinishWorkBatch, std::move(params));
   using V = CompletionResult::Verdict;
-  for (auto v : {V::kAccepted, V::kAcceptedLate, V::kUnknownLease, V::kReleased, V::kOvertaken}) {
-    if (ToString(v) == verdict)
-      result.verdict = v;
-  }
-  if (result.accepted()) {
-    if (auto id = r.GetOptionalInt64(0, r.Column("work_item_id"))) {
-      result.item = co_await GetWork(*id);
+  for (int i = 0; i < r.rows(); ++i) {
+    CompletionResult& result = out.at(static_cast<std::size_t>(r.GetInt64(i, "idx") - 1));
+    const auto verdict = r.GetString(i, "verdict");
+    for (auto v : {V::kAccepted, V::kAcceptedLate, V::kUnknownLease, V::kReleased, V::kOvertaken}) {
+      if (ToString(v) == verdict)
+        result.verdict = v;
     }
+    if (result.accepted() && r.GetOptionalInt64(i, r.Column("work_item_id")))
+      result.item = WorkAt(r, i);
   }
-  co_return result;
+  co_return out;
 }
 
 Task<std::vector<store::Lease>> PostgresStore::ListLeases(std::optional<AgentId> agent,

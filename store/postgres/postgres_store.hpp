@@ -48,11 +48,12 @@ class PostgresStore final : public Store {
   Task<std::vector<ToolProfile>> ListToolProfiles() override;
   Task<Agent> RegisterAgent(NewAgent agent) override;
   Task<std::vector<Agent>> ListAgents() override;
+  Task<std::vector<Agent>> GetAgents(std::vector<AgentId> ids) override;
   Task<bool> SetAgentLifecycle(std::string slug, Lifecycle lifecycle) override;
   Task<EnqueueResult> EnqueueWork(NewWork work, int default_max_attempts) override;
   Task<std::optional<WorkItem>> GetWork(WorkItemId id) override;
   Task<std::vector<WorkItem>> ListWork(std::optional<WorkState> state) override;
-  Task<std::vector<WorkItem>> SelectDueWork(int limit) override;
+  Task<std::vector<WorkItem>> SelectDueWork(int limit, int default_max_active) override;
   Task<int> RequeueExpiredWork() override;
   Task<ClaimResult> ClaimCycle(CycleClaim claim) override;
   Task<bool> HeartbeatRun(RunId run) override;
@@ -62,7 +63,8 @@ class PostgresStore final : public Store {
   Task<std::vector<DispatchClaim>> ClaimDispatches(DispatchBatch batch) override;
   Task<std::vector<std::optional<TimePoint>>> RenewLeases(std::vector<LeaseRef> leases,
                                                           Duration ttl) override;
-  Task<CompletionResult> CompleteWork(Completion completion, RetryPolicy retry) override;
+  Task<std::vector<CompletionResult>> CompleteWorkBatch(std::vector<Completion> completions,
+                                                        RetryPolicy retry) override;
   Task<std::vector<store::Lease>> ListLeases(std::optional<AgentId> agent,
                                              bool active_only) override;
   Task<void> HeartbeatInstance(InstanceInfo info) override;

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -79,6 +80,43 @@ class Warpd {
 
   void Signal(int signo) { kill(pid_, signo); }
 
+  /// The child's pid, or -1 once it has been reaped.
+  pid_t pid() const { return pid_; }
+  /// Freezes the process (SIGSTOP) until Cont(); its own children keep running. Both do
+  /// nothing once the process has been reaped.
+  void Stop() {
+    if (pid_ > 0)
+      kill(pid_, SIGSTOP);
+  }
+  void Cont() {
+    if (pid_ > 0)
+      kill(pid_, SIGCONT);
+  }
+  /// SIGKILLs the process and reaps it; returns at once if it has already been reaped.
+  void Kill() {
+    if (pid_ <= 0)
+      return;
+    kill(pid_, SIGKILL);
+    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+  }
+  /// True while the process has not exited (a stopped process is running). Reaps it if it has.
+  bool Running() {
+    if (pid_ <= 0)
+      return false;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+      return false;
+    }
+    return true;
+  }
+  /// After Running() returned false: the exit status, or minus the signal that ended it.
+  int ExitStatus() const { return exit_status_; }
+  const fs::path& ErrPath() const { return err_; }
+
   /// Waits for the exit; returns the exit status, or -1 on timeout / death by signal.
   int Wait(std::chrono::milliseconds limit = 20s) {
     const auto deadline = std::chrono::steady_clock::now() + limit;
@@ -112,6 +150,7 @@ class Warpd {
   fs::path out_;
   fs::path err_;
   pid_t pid_ = -1;
+  int exit_status_ = 0;
 };
 
 }  // namespace warp::test

@@ -206,6 +206,13 @@ Task<void> PoolCore::Open(std::size_t slot, Clock::time_point deadline, Duration
       co_return;
     }
     connection.Close();
+    if (!invalid && attempt_timeout < settings.connect_timeout && Clock::now() >= deadline) {
+      // The caller's deadline, not connect_timeout, cut this attempt short: that says nothing
+      // about the server, so it neither counts as a failure nor pushes the next attempt back.
+      // Otherwise a caller that waited out the backoff would get only the sliver of its
+      // deadline left after it, time out, renew the backoff, and the pool would never connect.
+      throw NoConnection(timeout);
+    }
     OnConnectFailed(error, started);
     if (invalid)  // a malformed conninfo: retrying cannot help
       throw StoreError(Kind::kInvalid, error);
