@@ -31,6 +31,7 @@ void LeaseKeeper::Stop() {
   running_ = false;
   timer_.cancel();
   deadline_timer_.cancel();
+  armed_for_ = Clock::time_point::max();
 }
 
 void LeaseKeeper::UpdateSettings(config::LeasingSettings settings) {
@@ -40,11 +41,12 @@ void LeaseKeeper::UpdateSettings(config::LeasingSettings settings) {
 void LeaseKeeper::Hold(const store::Lease& lease, std::string agent_slug, OnLost on_lost) {
   // The lease was granted for ttl from acquisition; count locally from now, which is later than
   // the store's acquisition instant, minus a margin for the round trip that granted it.
-  held_[lease.lease_id] = Held{{lease.lease_id, lease.fencing_token},
-                               std::move(agent_slug),
-                               std::move(on_lost),
-                               Clock::now() + settings_.ttl - settings_.renew_every / 2};
-  ArmDeadline();
+  const auto deadline = Clock::now() + settings_.ttl - settings_.renew_every / 2;
+  held_[lease.lease_id] = Held{
+      {lease.lease_id, lease.fencing_token}, std::move(agent_slug), std::move(on_lost), deadline};
+  // O(1) per lease: a cycle may hand over tens of thousands. The timer only moves earlier.
+  if (deadline < armed_for_)
+    ArmAt(deadline);
 }
 
 void LeaseKeeper::Forget(store::LeaseId lease) {
@@ -57,10 +59,19 @@ void LeaseKeeper::ArmDeadline() {
   auto earliest = Clock::time_point::max();
   for (const auto& [id, h] : held_)
     earliest = std::min(earliest, h.local_deadline);
-  deadline_timer_.expires_at(earliest);  // cancels the previous wait
+  if (earliest != armed_for_)
+    ArmAt(earliest);
+}
+
+void LeaseKeeper::ArmAt(Clock::time_point at) {
+  if (!running_)
+    return;
+  armed_for_ = at;
+  deadline_timer_.expires_at(at);  // cancels the previous wait
   deadline_timer_.async_wait([this](const boost::system::error_code& ec) {
     if (ec)  // cancelled: re-armed, stopped, or the keeper is going away; `this` may be gone
       return;
+    armed_for_ = Clock::time_point::max();
     LoseOverdue();
   });
 }

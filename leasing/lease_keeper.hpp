@@ -61,7 +61,9 @@ class LeaseKeeper {
   boost::asio::awaitable<void> Loop();
   void Lose(store::LeaseId id, const std::string& reason);
   /// Sets the deadline timer to the earliest local deadline of the held leases.
+  /// Points the deadline timer at the earliest local deadline of the held leases.
   void ArmDeadline();
+  void ArmAt(std::chrono::steady_clock::time_point at);
   /// The deadline timer fired: gives up every lease whose local deadline has passed.
   void LoseOverdue();
 
@@ -71,6 +73,8 @@ class LeaseKeeper {
   logging::Logger log_;
   boost::asio::steady_timer timer_;
   boost::asio::steady_timer deadline_timer_;
+  /// Where deadline_timer_ waits; max() when it does not.
+  std::chrono::steady_clock::time_point armed_for_ = std::chrono::steady_clock::time_point::max();
   std::map<store::LeaseId, Held> held_;
   bool running_ = false;
 };

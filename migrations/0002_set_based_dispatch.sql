@@ -3,6 +3,18 @@
 -- Same signatures and the same semantics as 0001 (the store contract suite runs against both
 -- stores); finish_work and complete_work now go through finish_work_batch.
 
+-- The current instant, not the transaction's start (warp.now()); pinned like warp.now() by
+-- `SET warp.test_now`. An acquisition is stamped with it after its locks are held.
+CREATE FUNCTION warp.clock_now() RETURNS timestamptz
+LANGUAGE sql VOLATILE AS $$
+  SELECT coalesce(nullif(pg_catalog.current_setting('warp.test_now', true), '')::timestamptz,
+                  pg_catalog.clock_timestamp())
+$$;
+
+-- Recent releases, for the bound check of claim_dispatches (below).
+CREATE INDEX agent_leases_released ON warp.agent_leases (released_at)
+  WHERE released_at IS NOT NULL;
+
 -- Decide, lease and record a cycle's candidates in one call (SPEC sections 4 and 5). Candidate i
 -- is (p_items[i], p_agents[i], p_bounds[i]); a non-NULL p_verdicts[i] is a decision already
 -- taken (a skip). For the others: try each agent's advisory lock once, count its active leases
@@ -47,6 +59,9 @@ BEGIN
                     JOIN warp.work_items w ON w.work_item_id = u.item
                    WHERE u.verdict IS NULL AND w.state IN ('pending', 'failed')
                      AND w.due_at <= t) d) a;
+  -- The acquisition instant: after the locks (which may have waited behind row locks above),
+  -- so that it follows every acquisition and release the next statement sees.
+  t := warp.clock_now();
 
   -- Dynamic, so that it is planned with the batch at hand (array sizes known): a generic plan
   -- guesses a few rows per array and picks nested loops that are quadratic in the batch size.
@@ -66,10 +81,18 @@ BEGIN
            i.agent = ANY ($12::bigint[]) AS locked
       FROM input i JOIN warp.work_items w ON w.work_item_id = i.item
   ), active AS MATERIALIZED (
-    SELECT l.agent_id, count(*)::integer AS n
-      FROM warp.agent_leases l
-     WHERE l.agent_id = ANY ($12::bigint[]) AND l.released_at IS NULL AND l.expires_at > $13
-     GROUP BY l.agent_id
+    -- A release is stamped with its transaction's start, which may be later than $13 although
+    -- it committed before this snapshot: such a lease still counts, so that the durable
+    -- records never show more than the bound at any instant (SPEC section 5).
+    SELECT a.agent_id, count(*)::integer AS n
+      FROM (SELECT l.agent_id FROM warp.agent_leases l
+             WHERE l.agent_id = ANY ($12::bigint[]) AND l.released_at IS NULL
+               AND l.expires_at > $13
+            UNION ALL
+            SELECT l.agent_id FROM warp.agent_leases l
+             WHERE l.released_at > $13 AND l.agent_id = ANY ($12::bigint[])
+               AND l.expires_at > $13) a
+     GROUP BY a.agent_id
   ), ranked AS MATERIALIZED (
     SELECT c.idx, c.item, c.agent, c.bound, coalesce(ac.n, 0) AS n_active,
            row_number() OVER (PARTITION BY c.agent ORDER BY c.idx) AS rank
