@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Medians of bench/run.sh result lines.
+
+A result line is `<name words> key=value ...`; lines with the same name words and the same
+non-numeric key=value pairs (e.g. `instances=4`, `clients=1`) describe one figure, and each
+numeric field gets its median over the rounds. Lines starting with `#` are ignored.
+"""
+import statistics
+import sys
+
+
+def main(path):
+    figures = {}
+    order = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            words = line.split()
+            name = tuple(w for w in words if "=" not in w)
+            fields = [w.split("=", 1) for w in words if "=" in w]
+            ident = name + tuple(f"{k}={v}" for k, v in fields
+                                 if k in ("instances", "clients", "agents", "jobs", "bound"))
+            values = figures.setdefault(ident, {})
+            if ident not in order:
+                order.append(ident)
+            for k, v in fields:
+                try:
+                    values.setdefault(k, []).append(float(v))
+                except ValueError:
+                    pass
+    for ident in order:
+        parts = []
+        for k, vs in figures[ident].items():
+            if f"{k}=" in " ".join(ident):
+                continue
+            m = statistics.median(vs)
+            text = f"{m:.0f}" if m >= 100 else f"{m:.3g}"
+            parts.append(f"{k}={text}" + (f" (n={len(vs)})" if k == next(iter(figures[ident])) else ""))
+        print(" ".join(ident), " ".join(parts))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# End-to-end dispatch throughput of warpd on PostgreSQL with the `null` runner (issue 3,
+# benchmark 1): AGENTS agents, ITEMS due work items, INSTANCES warpd processes of one group on
+# one database. Measured from the first lease acquired to the last lease released, read from
+# the durable records (warp.agent_leases), after checking that every item is done exactly once.
+#
+#   bench/throughput.sh DSN [INSTANCES]     # DSN: libpq conninfo of a server to create a
+#                                           # scratch database in (scripts/test-postgres.sh)
+# Environment: BUILD_DIR (default build/), AGENTS (10000), ITEMS (200000), BOUND (4: the
+# agents' lease bound, leasing.default_max_active), PER_CYCLE (40000: max_dispatch_per_cycle,
+# also max_inflight), INTERVAL (1s), LOG_LEVEL (info), TIMEOUT (600 seconds).
+# Prints: `warpd instances=N agents=A items=I seconds=S items_per_s=R` and the scratch
+# database is dropped at the end.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dsn=${1:?usage: bench/throughput.sh DSN [INSTANCES]}
+instances=${2:-1}
+build=${BUILD_DIR:-$root/build}
+agents=${AGENTS:-10000}
+items=${ITEMS:-200000}
+bound=${BOUND:-4}
+per_cycle=${PER_CYCLE:-40000}
+interval=${INTERVAL:-1s}
+log_level=${LOG_LEVEL:-info}
+timeout=${TIMEOUT:-600}
+
+db=warp_bench_$$
+admin() { psql "$dsn" -X -q -v ON_ERROR_STOP=1 "$@"; }
+bench_dsn="$dsn dbname=$db"
+sql() { psql "$bench_dsn" -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
+
+work=$(mktemp -d /tmp/warp-bench.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  admin -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+  [[ -n ${KEEP:-} ]] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+admin -c "CREATE DATABASE $db"
+"$build/warpctl/warpctl" --dsn "$bench_dsn" --migrations "$root/migrations" migrate up >/dev/null
+sql "INSERT INTO warp.tool_profiles (tool_profile_id, operations) VALUES ('bench', '{noop}')"
+sql "INSERT INTO warp.agents (agent_slug, tool_profile_id, runner, business_link)
+     SELECT 'agent-' || g, 'bench', 'noop', 'spindle:bench/' || g FROM generate_series(1, $agents) g"
+# Round-robin over agents (item n belongs to agent n mod AGENTS), all due a minute ago.
+sql "INSERT INTO warp.work_items (agent_id, kind, due_at, idempotency_key, max_attempts)
+     SELECT a.agent_id, 'noop', now() - interval '1 minute', 'bench-' || g, 3
+       FROM generate_series(0, $items - 1) g
+       JOIN warp.agents a ON a.agent_slug = 'agent-' || (g % $agents + 1)
+      ORDER BY g"
+# Only the seeded tables: ANALYZE of the still-empty lease and decision tables would make the
+# foreign-key checks of long-lived sessions plan sequential scans (see docs/BENCHMARKS.md).
+sql "VACUUM ANALYZE warp.agents, warp.work_items" >/dev/null
+
+for i in $(seq 1 "$instances"); do
+  cat >"$work/warpd-$i.toml" <<TOML
+[daemon]
+instance = "bench-$i"
+[store]
+backend = "postgres"
+dsn = "$bench_dsn"
+[scheduler]
+interval = "$interval"
+max_dispatch_per_cycle = $per_cycle
+max_inflight = $per_cycle
+[leasing]
+default_max_active = $bound
+[log]
+level = "$log_level"
+format = "text"
+[runner.noop]
+transport = "null"
+TOML
+  "$build/daemon/warpd" --config "$work/warpd-$i.toml" 2>"$work/warpd-$i.log" &
+  pids+=($!)
+done
+
+deadline=$((SECONDS + timeout))
+while :; do
+  left=$(sql "SELECT count(*) FROM warp.work_items WHERE state <> 'done'")
+  [[ $left == 0 ]] && break
+  if ((SECONDS > deadline)); then
+    echo "throughput: $left item(s) not done after ${timeout}s; logs in $work" >&2
+    tail -n 5 "$work"/warpd-*.log >&2
+    trap - EXIT
+    exit 1
+  fi
+  sleep 0.5
+done
+
+# Exactly once: one completed lease per item, no leases left open.
+check=$(sql "SELECT (SELECT count(*) FROM warp.agent_leases WHERE release_reason = 'completed')
+                 || ' ' || (SELECT count(DISTINCT work_item_id) FROM warp.agent_leases)
+                 || ' ' || (SELECT count(*) FROM warp.agent_leases WHERE released_at IS NULL)")
+if [[ $check != "$items $items 0" ]]; then
+  echo "throughput: inconsistent records (completed leases, leased items, open leases): $check" >&2
+  exit 1
+fi
+seconds=$(sql "SELECT round(extract(epoch FROM max(released_at) - min(acquired_at))::numeric, 3)
+                 FROM warp.agent_leases")
+rate=$(awk -v n="$items" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }')
+cycles=$(sql "SELECT count(*) FROM warp.scheduler_runs WHERE (counts->>'dispatched')::int > 0")
+echo "warpd instances=$instances agents=$agents items=$items bound=$bound seconds=$seconds items_per_s=$rate cycles=$cycles"
