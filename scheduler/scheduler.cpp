@@ -248,7 +248,6 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
     due = co_await store_.SelectDueWork(capacity, leasing_.default_max_active);
   counts.due = static_cast<int>(due.size());
 
-  std::vector<store::DispatchClaim> claims;
   std::unordered_map<store::AgentId, const store::Agent*> by_id;
   if (!due.empty()) {
     if (!agents_loaded) {
@@ -292,9 +291,29 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
       }
       batch.candidates.push_back(std::move(c));
     }
-    claims = co_await store_.ClaimDispatches(std::move(batch));
+    // In chunks, each dispatched as soon as it is claimed: a chunk's claim holds its row and
+    // advisory locks for a fraction of a second instead of the whole batch's seconds, and the
+    // work of one chunk runs (and its completions are recorded on the pool's other
+    // connection) while the next is claimed.
+    const auto& all = batch.candidates;
+    for (std::size_t from = 0; from < all.size(); from += kClaimChunk) {
+      const std::size_t to = std::min(all.size(), from + kClaimChunk);
+      store::DispatchBatch chunk{batch.run_id, batch.cycle_id, batch.instance, batch.lease_ttl,
+                                 {},           batch.retry};
+      chunk.candidates.assign(all.begin() + static_cast<std::ptrdiff_t>(from),
+                              all.begin() + static_cast<std::ptrdiff_t>(to));
+      auto claims = co_await store_.ClaimDispatches(std::move(chunk));
+      Account(claims, report, by_id);
+    }
   }
 
+  co_await store_.FinishRun(report.run_id, store::RunStatus::kCompleted, counts, "");
+  co_return report;
+}
+
+void Scheduler::Account(const std::vector<store::DispatchClaim>& claims, CycleReport& report,
+                        const std::unordered_map<store::AgentId, const store::Agent*>& by_id) {
+  auto& counts = report.counts;
   for (const auto& claim : claims) {
     if (!claim.recorded)
       continue;
@@ -322,9 +341,6 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
         break;
     }
   }
-
-  co_await store_.FinishRun(report.run_id, store::RunStatus::kCompleted, counts, "");
-  co_return report;
 }
 
 void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent) {

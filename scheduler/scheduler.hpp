@@ -19,6 +19,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "config/settings.hpp"
@@ -54,6 +55,10 @@ RunnerSet MakeRunners(const config::Settings& settings, boost::asio::any_io_exec
 /// Thread-safety: use from the executor's thread only.
 class Scheduler {
  public:
+  /// A cycle claims its candidates in chunks of this many (one store call each) and starts
+  /// each chunk's dispatches before claiming the next.
+  static constexpr std::size_t kClaimChunk = 5000;
+
   Scheduler(boost::asio::any_io_executor executor, store::Store& store,
             leasing::LeaseKeeper& lease_keeper, const config::Settings& settings, RunnerSet runners,
             logging::Logger log);
@@ -93,6 +98,9 @@ class Scheduler {
   };
 
   store::Task<CycleReport> RunCycleUnguarded(std::optional<std::int64_t> slot, CycleReport& report);
+  /// Counts a chunk's recorded decisions into the report and starts its dispatches.
+  void Account(const std::vector<store::DispatchClaim>& claims, CycleReport& report,
+               const std::unordered_map<store::AgentId, const store::Agent*>& by_id);
   void StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent);
   /// Queues a finished dispatch; completions that arrive while a batch is being recorded go
   /// into the next batch (one store round trip per batch, not per dispatch).

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <boost/asio/post.hpp>
 
 #include "scheduler/cycle.hpp"
@@ -413,6 +415,26 @@ TEST_F(SchedulerTest, DispatchesPerCycleAreCappedByMaxDispatchAndMaxInflight) {
   Settle();
   clock_.Advance(60s);
   EXPECT_EQ(Cycle().counts.dispatched, 1);
+}
+
+TEST_F(SchedulerTest, ACycleLargerThanOneClaimChunkDispatchesEveryItemOnce) {
+  const int n = static_cast<int>(2 * Scheduler::kClaimChunk + 1);
+  settings_.scheduler.max_dispatch_per_cycle = n;
+  settings_.scheduler.max_inflight = n;
+  Build();
+  for (int a = 0; a < 10; ++a)
+    Agent("erp-" + std::to_string(a), n);
+  for (int i = 0; i < n; ++i)
+    Enqueue("erp-" + std::to_string(i % 10));
+  const auto report = Cycle();
+  EXPECT_EQ(report.counts.due, n);
+  EXPECT_EQ(report.counts.dispatched, n);
+  ASSERT_EQ(runner_->dispatches.size(), static_cast<std::size_t>(n));
+  std::set<store::WorkItemId> items;
+  for (const auto& d : runner_->dispatches)
+    items.insert(d.request.work_id);
+  EXPECT_EQ(items.size(), static_cast<std::size_t>(n)) << "every item dispatched once";
+  EXPECT_EQ(Decisions(report.cycle_id).size(), static_cast<std::size_t>(n));
 }
 
 TEST_F(SchedulerTest, SchedulesAreMaterializedOncePerOccurrence) {

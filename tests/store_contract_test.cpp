@@ -519,7 +519,8 @@ TEST_P(StoreContract, GetAgentsReturnsTheExistingOnesOfTheIdsInIdOrder) {
   EXPECT_EQ(agents[0].agent_slug, "first");
   EXPECT_EQ(agents[1].agent_slug, "second");
   EXPECT_EQ(agents[1].max_active_leases, 3);
-  EXPECT_THAT(Await(store().GetAgents({})), IsEmpty());
+  std::vector<AgentId> none;
+  EXPECT_THAT(Await(store().GetAgents(std::move(none))), IsEmpty());
 }
 
 TEST_P(StoreContract, RegisterAgentWithoutBusinessLinkIsInvalid) {

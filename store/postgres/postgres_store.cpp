@@ -287,9 +287,29 @@ std::optional<std::string> Optional(const std::string& s) {
 
 }  // namespace
 
+namespace {
+/// The server's side of a statement deadline. When a deadline fires the client closes the
+/// connection, but the server only notices a closed socket when it next writes to it, so an
+/// abandoned claim would go on holding its row and advisory locks until it finished. The
+/// server now checks its client every second and gives up a statement shortly after the
+/// client has.
+PostgresStoreSettings WithServerDeadlines(PostgresStoreSettings settings) {
+  const auto server_timeout = settings.statement_timeout + std::chrono::seconds(2);
+  std::string setup =
+      fmt::format("SET client_connection_check_interval = '1s'; SET statement_timeout = '{}ms'",
+                  std::chrono::duration_cast<std::chrono::milliseconds>(server_timeout).count());
+  if (!settings.pool.session_setup.empty())
+    setup = settings.pool.session_setup + "; " + setup;
+  settings.pool.session_setup = std::move(setup);
+  return settings;
+}
+}  // namespace
+
 PostgresStore::PostgresStore(boost::asio::any_io_executor executor, PostgresStoreSettings settings,
                              logging::Logger log)
-    : settings_(std::move(settings)), log_(log), pool_(executor, settings_.pool, std::move(log)) {}
+    : settings_(WithServerDeadlines(std::move(settings))),
+      log_(log),
+      pool_(executor, settings_.pool, std::move(log)) {}
 
 // Callers pass named Params: GCC 12 destroys a braced temporary twice when it is an argument
 // of a coroutine call inside a co_await expression.
@@ -671,6 +691,7 @@ Task<std::vector<CompletionResult>> PostgresStore::CompleteWorkBatch(
     if (result.accepted() && r.GetOptionalInt64(i, r.Column("work_item_id")))
       result.item = WorkAt(r, i);
   }
+  co_await RecordRefusedCompletions(completions, out);
   co_return out;
 }
 
