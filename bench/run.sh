@@ -21,14 +21,18 @@ out="$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ).txt"
 
 # shellcheck source=scripts/test-postgres.sh
 source "$root/scripts/test-postgres.sh"
-export WARP_TEST_PG_CONF="shared_preload_libraries = 'pg_stat_statements'"
+# shared_buffers large enough for the data set (the test default is 32 MB); room in the lock
+# table for a batch's advisory locks.
+export WARP_TEST_PG_CONF="shared_preload_libraries = 'pg_stat_statements'
+shared_buffers = 1GB
+max_locks_per_transaction = 256"
 trap warp_test_pg_stop EXIT
 warp_test_pg_start
 dsn=$WARP_TEST_DSN
 
 {
   echo "# $(date -u +%FT%TZ) $(uname -srm); $(nproc) cores; $(awk '/MemTotal/ { print $2 " kB" }' /proc/meminfo)"
-  echo "# $(lscpu | sed -n 's/^Model name: *//p'); PostgreSQL $("$WARP_TEST_PGBIN/postgres" --version | awk '{ print $3 }') (fsync off, synchronous_commit off)"
+  echo "# $(lscpu | sed -n 's/^Model name: *//p'); PostgreSQL $("$WARP_TEST_PGBIN/postgres" --version | awk '{ print $3 }') (fsync off, synchronous_commit off, shared_buffers 1GB)"
   echo "# warpd $(git -C "$root" rev-parse --short HEAD); RUNS=$runs"
 } | tee "$out"
 
