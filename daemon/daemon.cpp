@@ -19,6 +19,7 @@
 
 #include "config/config.hpp"
 #include "config/fixtures.hpp"
+#include "daemon/loop_watchdog.hpp"
 #include "daemon/store_health.hpp"
 #include "leasing/lease_keeper.hpp"
 #include "logging/journal_sink.hpp"
@@ -27,6 +28,7 @@
 #include "scheduler/scheduler.hpp"
 #include "store/memory/memory_store.hpp"
 #include "store/postgres/postgres_store.hpp"
+#include "watchdog/watchdog.hpp"
 
 namespace warp::daemon {
 namespace {
@@ -130,8 +132,11 @@ class Daemon {
         signals_(io, SIGINT, SIGTERM, SIGHUP),
         stop_timer_(io),
         heartbeat_timer_(io),
+        watchdog_timer_(io),
         lease_keeper_(io.get_executor(), *store_, settings_.leasing, log_),
-        store_health_(log_) {}
+        store_health_(log_),
+        loop_watchdog_(io.get_executor(), LoopWatchdog::IntervalFromEnvironment(log_), Notify,
+                       log_) {}
 
   asio::awaitable<int> Main() {
     if (auto* pg = dynamic_cast<store::postgres::PostgresStore*>(store_.get())) {
@@ -160,6 +165,10 @@ class Daemon {
     scheduler_.emplace(io_.get_executor(), *store_, lease_keeper_, settings_,
                        scheduler::MakeRunners(settings_, io_.get_executor(), log_), log_);
     scheduler_->OnCycle([this](const scheduler::CycleReport& r) { ReportCycle(r); });
+    watchdog_.emplace(*store_, settings_, log_);
+    store_health_.OnOutageEnded([this](const StoreHealth::Outage& o) {
+      watchdog_->RecordOutage(o.start, o.end, o.failed_attempts, o.last_error);
+    });
     lease_keeper_.Start();
     co_await Heartbeat();
 
@@ -171,6 +180,8 @@ class Daemon {
     Notify("READY=1\nSTATUS=" + (store_health_.degraded()
                                      ? store_health_.status()
                                      : "started; waiting for the first cycle"));
+    // Pings until the drain is over: drain is loop work too, and systemd still watches it.
+    loop_watchdog_.Start();
 
     if (options_.once) {
       auto report = co_await scheduler_->RunCycle();
@@ -179,6 +190,8 @@ class Daemon {
                   "--once: cycle {} was already completed; nothing to do", report.cycle_id);
       }
       co_await scheduler_->Drain(settings_.daemon.shutdown_grace);
+      co_await WatchdogPass();
+      loop_watchdog_.Stop();
       log_.Info(Event::kDaemonStopped, {}, "warpd stopped");
       co_return report.outcome == scheduler::CycleReport::Outcome::kFailed ? EX_UNAVAILABLE : EX_OK;
     }
@@ -186,6 +199,7 @@ class Daemon {
     scheduler_->Start();
     asio::co_spawn(io_, SignalLoop(), asio::detached);
     asio::co_spawn(io_, HeartbeatLoop(), asio::detached);
+    asio::co_spawn(io_, WatchdogLoop(), asio::detached);
 
     // Wait until a stop signal cancels the timer.
     stop_timer_.expires_at(asio::steady_timer::time_point::max());
@@ -199,6 +213,8 @@ class Daemon {
     co_await scheduler_->Drain(settings_.daemon.shutdown_grace);
     stopping_ = true;
     heartbeat_timer_.cancel();
+    watchdog_timer_.cancel();
+    loop_watchdog_.Stop();
     signals_.cancel();
     log_.Info(Event::kDaemonStopped, {}, "warpd stopped");
     co_return EX_OK;
@@ -243,6 +259,7 @@ class Daemon {
       auto runners = scheduler::MakeRunners(next, io_.get_executor(), log_);
       scheduler_->Reconfigure(next, std::move(runners));
       lease_keeper_.UpdateSettings(next.leasing);
+      watchdog_->Reconfigure(next);
       log_.raw()->set_level(LevelOf(next.log));
       settings_ = std::move(next);
       log_.Info(Event::kConfigReloaded, {}, "configuration reloaded from {}: interval {}ms",
@@ -263,7 +280,13 @@ class Daemon {
       // A named argument: see the note on GCC 12 in Scheduler::RunCycleUnguarded.
       store::InstanceInfo info{settings_.daemon.instance, settings_.daemon.group, HostName(),
                                static_cast<int>(getpid()), WARP_VERSION};
+      const bool was_reachable = !store_health_.degraded();
+      const auto started = std::chrono::steady_clock::now();
       co_await store_->HeartbeatInstance(std::move(info));
+      if (watchdog_ && was_reachable) {  // a store_latency sample (not a reconnect's wait)
+        watchdog_->ObserveLatency(std::chrono::duration_cast<store::Duration>(
+            std::chrono::steady_clock::now() - started));
+      }
     } catch (const store::StoreError& e) {
       if (e.kind() != store::StoreError::Kind::kUnavailable) {
         log_.Warn(Event::kStoreError, {}, "instance heartbeat failed: {}", e.what());
@@ -293,6 +316,37 @@ class Daemon {
     }
   }
 
+  /// A watchdog pass every watchdog.interval, on ticks at absolute times (no drift); a tick
+  /// missed while a pass ran long is skipped, not queued.
+  asio::awaitable<void> WatchdogLoop() {
+    auto next = asio::steady_timer::clock_type::now();
+    while (!stopping_) {
+      next += settings_.watchdog.interval;
+      const auto now = asio::steady_timer::clock_type::now();
+      if (next < now)
+        next = now + settings_.watchdog.interval;
+      watchdog_timer_.expires_at(next);
+      boost::system::error_code ec;
+      co_await watchdog_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      if (stopping_)
+        co_return;
+      co_await WatchdogPass();
+    }
+  }
+
+  /// One pass. The watchdog logs its own failures (once per run of them); an unreachable store
+  /// is also the daemon's degraded state, like a failed heartbeat.
+  asio::awaitable<void> WatchdogPass() {
+    auto outcome = co_await watchdog_->Pass();
+    if (outcome.report) {
+      open_observations_ = outcome.report->open;
+      if (store_health_.Reachable())
+        Notify("STATUS=store reachable again; waiting for the next cycle");
+    } else if (outcome.store_unavailable && store_health_.Unreachable(outcome.error)) {
+      Notify("STATUS=" + store_health_.status());
+    }
+  }
+
   void ReportCycle(const scheduler::CycleReport& r) {
     using O = scheduler::CycleReport::Outcome;
     if (r.outcome == O::kFailed && r.store_unavailable) {
@@ -305,9 +359,10 @@ class Daemon {
     std::string status;
     switch (r.outcome) {
       case O::kRan:
-        status = fmt::format("cycle {}: dispatched {}, deferred {}, failed {}; {} in flight",
-                             r.cycle_id, r.counts.dispatched, r.counts.deferred, r.counts.failed,
-                             scheduler_->inflight());
+        status = fmt::format(
+            "cycle {}: dispatched {}, deferred {}, failed {}; {} in flight; {} open observation(s)",
+            r.cycle_id, r.counts.dispatched, r.counts.deferred, r.counts.failed,
+            scheduler_->inflight(), open_observations_);
         break;
       case O::kAlreadyCompleted:
       case O::kRunningElsewhere:
@@ -330,9 +385,13 @@ class Daemon {
   asio::signal_set signals_;
   asio::steady_timer stop_timer_;
   asio::steady_timer heartbeat_timer_;
+  asio::steady_timer watchdog_timer_;
   leasing::LeaseKeeper lease_keeper_;
   std::optional<scheduler::Scheduler> scheduler_;
+  std::optional<watchdog::Watchdog> watchdog_;
+  int open_observations_ = 0;  ///< as of the last watchdog pass, for STATUS=
   StoreHealth store_health_;
+  LoopWatchdog loop_watchdog_;
   bool stop_requested_ = false;
   bool stopping_ = false;
 };

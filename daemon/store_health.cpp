@@ -26,6 +26,12 @@ bool StoreHealth::Reachable(Clock::time_point now) {
   log_.Info(logging::Event::kStoreReachable, {},
             "store reachable again after {:.1f}s, {} failed attempt(s)",
             static_cast<double>(lasted.count()) / 1000.0, failed_calls_);
+  if (on_outage_ended_) {
+    // Wall-clock instants from the monotonic duration: a clock step during the outage must not
+    // make it look longer or shorter than it was.
+    const auto end = std::chrono::system_clock::now();
+    on_outage_ended_(Outage{end - lasted, end, failed_calls_, error_});
+  }
   since_.reset();
   failed_calls_ = 0;
   error_.clear();

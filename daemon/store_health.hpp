@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -21,6 +22,14 @@ class StoreHealth {
  public:
   using Clock = std::chrono::steady_clock;
 
+  /// An outage that ended, on the host's wall clock (for the watchdog's store_unreachable).
+  struct Outage {
+    std::chrono::system_clock::time_point start;
+    std::chrono::system_clock::time_point end;
+    std::uint64_t failed_attempts = 0;
+    std::string last_error;
+  };
+
   explicit StoreHealth(logging::Logger log) : log_(std::move(log)) {}
 
   /// A call failed because the store could not be reached (StoreError::Kind::kUnavailable).
@@ -28,6 +37,11 @@ class StoreHealth {
   bool Unreachable(const std::string& error, Clock::time_point now = Clock::now());
   /// A call succeeded. Returns true when this ends an outage.
   bool Reachable(Clock::time_point now = Clock::now());
+
+  /// Called by the Reachable() that ends an outage.
+  void OnOutageEnded(std::function<void(const Outage&)> callback) {
+    on_outage_ended_ = std::move(callback);
+  }
 
   bool degraded() const { return since_.has_value(); }
   /// `degraded: store unreachable: <reason>` during an outage; empty otherwise.
@@ -38,6 +52,7 @@ class StoreHealth {
   std::optional<Clock::time_point> since_;  ///< first failed call of the current outage
   std::uint64_t failed_calls_ = 0;
   std::string error_;
+  std::function<void(const Outage&)> on_outage_ended_;
 };
 
 }  // namespace warp::daemon

@@ -60,5 +60,19 @@ TEST_F(StoreHealthTest, ASecondOutageCountsFromItsOwnStart) {
       << lines_->at(3);
 }
 
+TEST_F(StoreHealthTest, TheEndOfAnOutageIsHandedOnWithItsDurationAndAttempts) {
+  std::vector<StoreHealth::Outage> ended;
+  health_.OnOutageEnded([&](const StoreHealth::Outage& o) { ended.push_back(o); });
+  health_.Reachable(t0_);
+  EXPECT_TRUE(ended.empty()) << "no outage, nothing ended";
+  health_.Unreachable("refused", t0_);
+  health_.Unreachable("timeout", t0_ + 1s);
+  health_.Reachable(t0_ + 4s);
+  ASSERT_EQ(ended.size(), 1u);
+  EXPECT_EQ(ended[0].end - ended[0].start, 4s);
+  EXPECT_EQ(ended[0].failed_attempts, 2u);
+  EXPECT_EQ(ended[0].last_error, "timeout");
+}
+
 }  // namespace
 }  // namespace warp::daemon

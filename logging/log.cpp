@@ -22,7 +22,7 @@ struct EventInfo {
   std::string_view message_id;
 };
 
-constexpr std::array<EventInfo, 23> kEvents{{
+constexpr std::array<EventInfo, 29> kEvents{{
     {"general", "b3997f9c9b864790acc823d38e7cedce"},
     {"daemon_started", "0ad4d2776ab942218547de6c38c60bf6"},
     {"daemon_stopping", "af391d191f994137a5fca77fb9055ec5"},
@@ -46,6 +46,12 @@ constexpr std::array<EventInfo, 23> kEvents{{
     {"store_error", "6b93e1f6c39141e18b385ec1ea2e57b1"},
     {"store_unreachable", "61423c084d0d4644b0a525d40b6e481d"},
     {"store_reachable", "21ebc9aa19234ef6a971b773ba3405d7"},
+    {"loop_lagging", "a6f55a7df2b4428db1f112e44abf98b5"},
+    {"loop_on_time", "9d471c5575d44958adae98b7d0d6ed14"},
+    {"observation_opened", "1a583cd1608d4870888b4b242087c9c9"},
+    {"observation_escalated", "89e7abf6784d4543b1620f1345e6dd3d"},
+    {"observation_resolved", "ae665186fcc440049990f14f98b02c27"},
+    {"watchdog_pass_failed", "d538bc7603754e949bede8563ae900cc"},
 }};
 
 // Order of the encoded fields after WARP_EVENT.

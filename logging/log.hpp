@@ -43,6 +43,12 @@ enum class Event {
   kStoreError,
   kStoreUnreachable,  ///< the store stopped answering: the start of an outage (once)
   kStoreReachable,    ///< the store answers again: the end of an outage (once)
+  kLoopLagging,  ///< event-loop timers fire past the bound: systemd watchdog pings withheld (once)
+  kLoopOnTime,   ///< event-loop timers are on time again: pings resume (once)
+  kObservationOpened,     ///< a watchdog observation appeared
+  kObservationEscalated,  ///< an open watchdog observation became more severe
+  kObservationResolved,   ///< a watchdog observation's condition cleared
+  kWatchdogPassFailed,    ///< a watchdog pass failed (once per run of failures), or recovered
 };
 
 std::string_view EventName(Event e);

@@ -70,13 +70,13 @@ TEST(Decode, APlainPayloadHasNoFields) {
 
 TEST(MessageId, EveryEventHasADistinct128BitId) {
   std::set<std::string_view> ids;
-  for (int e = 0; e <= static_cast<int>(Event::kStoreReachable); ++e) {
+  for (int e = 0; e <= static_cast<int>(Event::kLoopOnTime); ++e) {
     auto id = MessageId(static_cast<Event>(e));
     EXPECT_EQ(id.size(), 32u);
     EXPECT_EQ(id.find_first_not_of("0123456789abcdef"), std::string_view::npos);
     ids.insert(id);
   }
-  EXPECT_EQ(ids.size(), static_cast<std::size_t>(Event::kStoreReachable) + 1);
+  EXPECT_EQ(ids.size(), static_cast<std::size_t>(Event::kLoopOnTime) + 1);
 }
 
 }  // namespace

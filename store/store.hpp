@@ -1,5 +1,5 @@
 // The store interface: domain verbs over agents, tool profiles, work items, leases, scheduler
-// runs and dispatch decisions (SPEC sections 2-5).
+// runs and dispatch decisions (SPEC sections 2-5), and the watchdog's observations (section 7).
 //
 // Every verb is asynchronous (an Asio awaitable) because the PostgreSQL store runs
 // non-blocking on the daemon's event loop; the memory store completes immediately. Expected
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "store/model.hpp"
+#include "store/observation.hpp"
 
 namespace warp::store {
 
@@ -213,6 +214,34 @@ class Store {
 
   // --- instances ------------------------------------------------------------------------
   virtual Task<void> HeartbeatInstance(InstanceInfo info) = 0;
+
+  // --- watchdog (SPEC section 7; store/observation.hpp) ----------------------------------
+  // The watchdog reads through ScanWatchdogFacts and writes only through ApplyObservations:
+  // neither changes any record outside the observations.
+
+  /// Registers a workspace, or updates the one with the same path (owner, lifecycle,
+  /// retention). Throws kInvalid for an empty path, kNotFound for an unknown owner, kConflict
+  /// for a second active workspace of one agent.
+  virtual Task<Workspace> PutWorkspace(NewWorkspace workspace) = 0;
+  /// Records a new learning proposal (proposal_id 0), or updates the title and review status
+  /// of an existing one. Throws kNotFound for an unknown agent or proposal.
+  virtual Task<LearningProposal> PutLearningProposal(LearningProposal proposal) = 0;
+  /// The candidate facts of the store-backed rules `scan.rules` names, in one consistent read
+  /// at one instant of store time (`now` of the result). Its cost follows the anomalies found,
+  /// not the size of the tables.
+  virtual Task<WatchdogFacts> ScanWatchdogFacts(WatchdogScan scan) = 0;
+  /// Applies one pass atomically, serialized with concurrent passes (one open observation per
+  /// (kind, subject), whatever the number of instances). For every key: desired and open ->
+  /// last_seen = at, occurrences + 1, evidence and agent replaced, severity raised when the
+  /// desired one is higher (never lowered while open); desired and not open -> a new
+  /// observation (first_seen = last_seen = at); open, in a scope, not desired -> resolved_at =
+  /// at. A pass never overrides a newer judgment: an observation whose last_seen is after `at`
+  /// is left alone, and one resolved after `at` is not reopened. Returns every change, ordered
+  /// by (kind, subject). Throws kInvalid for a duplicate key or a desired observation outside
+  /// the scopes.
+  virtual Task<std::vector<ObservationChange>> ApplyObservations(ObservationBatch batch) = 0;
+  /// Observations ordered by observation_id; only the open ones when `open_only`.
+  virtual Task<std::vector<Observation>> ListObservations(bool open_only) = 0;
 };
 
 }  // namespace warp::store

@@ -4,7 +4,8 @@
 //
 // The test runs its own PostgreSQL cluster (scripts/test-postgres.sh start / pause / resume /
 // stop): stopping the shared server of $WARP_TEST_DSN would break the tests running beside it.
-// warpd's sd_notify messages arrive on a unix datagram socket the test binds (NOTIFY_SOCKET).
+// warpd's sd_notify messages arrive on a unix datagram socket the test binds (NOTIFY_SOCKET);
+// with WATCHDOG_USEC set, its systemd watchdog pings must go on through the outage.
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
 #include <sys/socket.h>
@@ -185,6 +186,17 @@ class NotifySocket {
     return out;
   }
 
+  /// When the messages that are exactly `text` arrived (as polled), in [since, until).
+  std::vector<Clock::time_point> Times(const std::string& text, Clock::time_point since,
+                                       Clock::time_point until) const {
+    std::vector<Clock::time_point> out;
+    for (const auto& m : messages_) {
+      if (m.text == text && m.at >= since && m.at < until)
+        out.push_back(m.at);
+    }
+    return out;
+  }
+
   bool Received(const std::string& assignment) const {
     for (const auto& m : messages_) {
       if (("\n" + m.text + "\n").find("\n" + assignment + "\n") != std::string::npos)
@@ -193,15 +205,20 @@ class NotifySocket {
     return false;
   }
 
-  /// Every message, one per line, for failure messages.
+  /// Every message but the watchdog pings (counted), one per line, for failure messages.
   std::string Dump() const {
     std::string out;
+    std::size_t pings = 0;
     for (const auto& m : messages_) {
+      if (m.text == "WATCHDOG=1") {
+        ++pings;
+        continue;
+      }
       std::string text = m.text;
       std::replace(text.begin(), text.end(), '\n', '|');
       out += "  " + text + "\n";
     }
-    return out;
+    return out + "  (and " + std::to_string(pings) + " WATCHDOG=1)\n";
   }
 
  private:
@@ -246,6 +263,9 @@ std::string Tail(const std::string& text, std::size_t lines = 60) {
 
 class Outage : public ::testing::Test {
  protected:
+  /// WatchdogSec=2s: a ping every second while the event loop is healthy.
+  static constexpr std::chrono::microseconds kWatchdogUsec{2'000'000};
+
   void SetUp() override {
     pg_.emplace(dir_.path() / "test-postgres.log");
     conn_ = std::make_unique<warp::migrations::testdb::Connection>(
@@ -353,8 +373,12 @@ transport = "null"
   void StartWarpd() {
     const auto config = Config();
     setenv("NOTIFY_SOCKET", notify_->path().c_str(), 1);
+    setenv("WATCHDOG_USEC", std::to_string(kWatchdogUsec.count()).c_str(), 1);
+    // The child's pid is unknown before the spawn; without WATCHDOG_PID the watchdog is warpd's.
+    unsetenv("WATCHDOG_PID");
     warpd_.emplace(dir_.path(), std::vector<std::string>{"--config", config.string()});
     unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
   }
 
   /// Polls (notify socket included) until `done` or `limit`; fails early if warpd exits.
@@ -411,6 +435,7 @@ TEST_F(Outage, WarpdStaysUpSaysDegradedRecoversByItselfAndLosesNoWork) {
 
   const auto paused_at = Clock::now();
   ASSERT_TRUE(pg_->Pause()) << Context();
+  const auto pause_returned = Clock::now();
   conn_.reset();
 
   // The outage lasts longer than several intervals and the lease ttl, and at least until
@@ -431,6 +456,20 @@ TEST_F(Outage, WarpdStaysUpSaysDegradedRecoversByItselfAndLosesNoWork) {
   const auto outage_log = warpd_->Err();
 
   const auto resumed_at = Clock::now();
+  // The systemd watchdog did not notice the outage: pings came at half of WATCHDOG_USEC all
+  // along (arrival times are as polled, every 50 ms, while the test was not in pg_ctl).
+  auto pings = notify_->Times("WATCHDOG=1", pause_returned, resumed_at);
+  pings.insert(pings.begin(), pause_returned);
+  pings.push_back(resumed_at);
+  Clock::duration longest_gap{};
+  for (std::size_t i = 1; i < pings.size(); ++i)
+    longest_gap = std::max(longest_gap, pings[i] - pings[i - 1]);
+  EXPECT_GE(pings.size() - 2, static_cast<std::size_t>((resumed_at - pause_returned) / 2s))
+      << Context();
+  EXPECT_LT(longest_gap, kWatchdogUsec)
+      << "systemd would have restarted warpd: no ping for "
+      << std::chrono::duration_cast<std::chrono::milliseconds>(longest_gap).count() << " ms"
+      << Context();
   ASSERT_TRUE(pg_->Resume()) << Context();
   Reconnect();
   const auto resumed_db = One("SELECT now()");

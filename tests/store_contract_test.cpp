@@ -223,6 +223,10 @@ class PostgresHarness final : public Harness {
     static bool done = false;
     if (done)
       return;
+    // Test processes run in parallel (ctest -j): one builds the template while the others wait,
+    // instead of racing into CREATE DATABASE or copying a template still being migrated. The
+    // session lock goes with the admin connection if anything below throws.
+    Admin("SELECT pg_advisory_lock(hashtext('warp_contract_template'))");
     auto exists = Run(io_, admin_.Execute("SELECT 1 FROM pg_database WHERE datname = $1",
                                           {"warp_contract_template"}, seconds(10)));
     if (exists.rows() == 0) {
@@ -242,7 +246,8 @@ class PostgresHarness final : public Harness {
         text << in.rdbuf();
         Run(io_, tpl.ExecuteScript(text.str(), seconds(60)));
       }
-    }
+    }  // `tpl` is closed here: a template must have no sessions when it is copied
+    Admin("SELECT pg_advisory_unlock(hashtext('warp_contract_template'))");
     done = true;
   }
 

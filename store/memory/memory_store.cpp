@@ -429,8 +429,11 @@ Task<std::vector<CompletionResult>> MemoryStore::CompleteWorkBatch(
     std::vector<Completion> completions, RetryPolicy retry) {
   std::vector<CompletionResult> out;
   out.reserve(completions.size());
-  for (const auto& c : completions)
+  for (const auto& c : completions) {
     out.push_back(CompleteOne(c, retry));
+    if (!out.back().accepted())
+      RecordRefusedCompletion(c, out.back().verdict);
+  }
   co_return out;
 }
 

@@ -46,6 +46,12 @@ class MemoryStore final : public Store {
                                                         RetryPolicy retry) override;
   Task<std::vector<Lease>> ListLeases(std::optional<AgentId> agent, bool active_only) override;
   Task<void> HeartbeatInstance(InstanceInfo info) override;
+  // The watchdog's verbs: memory_watchdog.cpp.
+  Task<Workspace> PutWorkspace(NewWorkspace workspace) override;
+  Task<LearningProposal> PutLearningProposal(LearningProposal proposal) override;
+  Task<WatchdogFacts> ScanWatchdogFacts(WatchdogScan scan) override;
+  Task<std::vector<ObservationChange>> ApplyObservations(ObservationBatch batch) override;
+  Task<std::vector<Observation>> ListObservations(bool open_only) override;
 
  private:
   struct DecisionKey {
@@ -64,6 +70,8 @@ class MemoryStore final : public Store {
   CompletionResult CompleteOne(const Completion& completion, const RetryPolicy& retry);
   void FailWork(WorkItem& item, const std::string& error, bool retry, const RetryPolicy& policy,
                 TimePoint now);
+  /// Keeps a refused completion for late_completion (PostgreSQL: an audit event).
+  void RecordRefusedCompletion(const Completion& completion, CompletionResult::Verdict verdict);
 
   WallClock clock_;
   std::map<std::string, ToolProfile> tool_profiles_;
@@ -75,6 +83,20 @@ class MemoryStore final : public Store {
   std::map<DecisionKey, DispatchDecision> decisions_;
   std::map<std::string, Instance> instances_;
   std::set<AgentId> locked_elsewhere_;
+  // The watchdog's records (memory_watchdog.cpp).
+  struct RefusedCompletion {
+    LeaseId lease_id;
+    FencingToken fencing_token;
+    CompletionResult::Verdict verdict;
+    TimePoint at;
+  };
+  std::map<WorkspaceId, Workspace> workspaces_;
+  std::map<ProposalId, LearningProposal> proposals_;
+  std::vector<RefusedCompletion> refused_completions_;
+  std::map<ObservationId, Observation> observations_;
+  WorkspaceId next_workspace_ = 1;
+  ProposalId next_proposal_ = 1;
+  ObservationId next_observation_ = 1;
   AgentId next_agent_ = 1;
   WorkItemId next_work_ = 1;
   LeaseId next_lease_ = 1;

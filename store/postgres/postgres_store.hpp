@@ -68,10 +68,20 @@ class PostgresStore final : public Store {
   Task<std::vector<store::Lease>> ListLeases(std::optional<AgentId> agent,
                                              bool active_only) override;
   Task<void> HeartbeatInstance(InstanceInfo info) override;
+  // The watchdog's verbs: postgres_watchdog.cpp.
+  Task<Workspace> PutWorkspace(NewWorkspace workspace) override;
+  Task<LearningProposal> PutLearningProposal(LearningProposal proposal) override;
+  Task<WatchdogFacts> ScanWatchdogFacts(WatchdogScan scan) override;
+  Task<std::vector<ObservationChange>> ApplyObservations(ObservationBatch batch) override;
+  Task<std::vector<Observation>> ListObservations(bool open_only) override;
 
  private:
   /// Runs one statement on a pooled connection under the statement timeout.
   Task<Result> Query(std::string_view sql, Params params);
+  /// Records the refused ones of `results` as audit events (late_completion); no round trip
+  /// when every completion was accepted. postgres_watchdog.cpp.
+  Task<void> RecordRefusedCompletions(const std::vector<Completion>& completions,
+                                      const std::vector<CompletionResult>& results);
 
   PostgresStoreSettings settings_;
   logging::Logger log_;
