@@ -5,24 +5,16 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
+#include "store/postgres/impl/encoding.hpp"
+
 namespace warp::store::postgres {
 namespace {
 
 using std::chrono::microseconds;
 
-// --- encoding ------------------------------------------------------------------------------
-// Instants travel as microseconds since the epoch (exact both ways), durations as
-// milliseconds; the SQL converts with these two fragments.
-
-std::string Us(TimePoint t) {
-  return std::to_string(std::chrono::duration_cast<microseconds>(t.time_since_epoch()).count());
-}
-TimePoint FromUs(std::int64_t us) {
-  return TimePoint(microseconds(us));
-}
-std::string Ms(Duration d) {
-  return std::to_string(d.count());
-}
+using encoding::FromUs;
+using encoding::Ms;
+using encoding::Us;
 
 template <typename Enum>
 Enum ParseOrThrow(std::string_view text, std::optional<Enum> (*parse)(std::string_view)) {
@@ -40,9 +32,7 @@ std::string CompactJson(std::string_view text) {
 
 // --- SQL -----------------------------------------------------------------------------------
 
-#define WARP_US(column) "(extract(epoch FROM " column ") * 1000000)::bigint"
-#define WARP_TS(param) "('epoch'::timestamptz + " param "::bigint * interval '1 microsecond')"
-#define WARP_MS(param) "(" param "::bigint * interval '1 millisecond')"
+// The WARP_US / WARP_TS / WARP_MS fragments: store/postgres/impl/encoding.hpp.
 
 constexpr const char* kNow = "SELECT " WARP_US("warp.now()") " AS now_us";
 

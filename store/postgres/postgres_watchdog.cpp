@@ -9,26 +9,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "store/postgres/impl/encoding.hpp"
 #include "store/postgres/postgres_store.hpp"
 
 namespace warp::store::postgres {
 namespace {
 
 using nlohmann::json;
-using std::chrono::microseconds;
 
-std::string Us(TimePoint t) {
-  return std::to_string(std::chrono::duration_cast<microseconds>(t.time_since_epoch()).count());
-}
-TimePoint FromUs(std::int64_t us) {
-  return TimePoint(microseconds(us));
-}
-std::string Ms(Duration d) {
-  return std::to_string(d.count());
-}
-
-#define WARP_TS(param) "('epoch'::timestamptz + " param "::bigint * interval '1 microsecond')"
-#define WARP_MS(param) "(" param "::bigint * interval '1 millisecond')"
+using encoding::FromUs;
+using encoding::Ms;
+using encoding::Us;
 
 // warp.watchdog_facts (migrations/0004_watchdog.sql): one statement, one row per fact.
 constexpr const char* kScanWatchdogFacts =
@@ -73,6 +64,7 @@ constexpr const char* kRecordRefusals =
     "SELECT warp.record_completion_refusals($1::bigint[], $2::bigint[], $3::text[], '')"
     " AS recorded";
 
+#undef WARP_US
 #undef WARP_TS
 #undef WARP_MS
 
