@@ -712,11 +712,7 @@ class Compiler {
   }
 
  private:
-  static bool IsValidInstance(std::string_view name) {
-    return !name.empty() && name.size() <= 63 && std::all_of(name.begin(), name.end(), [](char c) {
-      return (c >= 'a' && c <= 'z') || IsDigit(c) || c == '-';
-    });
-  }
+  static bool IsValidInstance(std::string_view name) { return IsValidInstanceName(name); }
 
   static std::string HostName() {
     std::array<char, 256> buffer{};
@@ -803,6 +799,12 @@ std::string FormatDuration(Duration d) {
     }
   }
   return out;
+}
+
+bool IsValidInstanceName(std::string_view name) {
+  return !name.empty() && name.size() <= 63 && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+  });
 }
 
 std::string InstanceNameFromHost(std::string_view host_name) {

@@ -42,6 +42,8 @@ std::string FormatDuration(Duration d);
 /// The default `daemon.instance` for a host: lower-cased, every character outside [a-z0-9-]
 /// replaced by '-', truncated to 63 characters; "warpd" for an empty host name.
 std::string InstanceNameFromHost(std::string_view host_name);
+/// True for a valid `daemon.instance`: 1 to 63 characters of [a-z0-9-].
+bool IsValidInstanceName(std::string_view name);
 
 /// Reads and validates `file`. Throws ConfigError (also for an unreadable file: line 0).
 Settings Load(const std::filesystem::path& file);

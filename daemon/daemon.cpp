@@ -15,9 +15,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 
 #include "config/config.hpp"
+#include "config/credentials.hpp"
 #include "config/fixtures.hpp"
 #include "daemon/loop_watchdog.hpp"
 #include "daemon/store_health.hpp"
@@ -65,26 +65,6 @@ std::string HostName() {
   return buf;
 }
 
-/// The database password: store.password_file, else $CREDENTIALS_DIRECTORY/warp-db-password
-/// (systemd LoadCredential=), else none (libpq's own .pgpass / service file). Never logged.
-std::optional<std::string> ReadPassword(const config::StoreSettings& s) {
-  std::filesystem::path file = s.password_file;
-  if (file.empty()) {
-    const char* dir = std::getenv("CREDENTIALS_DIRECTORY");
-    if (dir == nullptr || *dir == '\0')
-      return std::nullopt;
-    file = std::filesystem::path(dir) / "warp-db-password";
-    if (!std::filesystem::exists(file))
-      return std::nullopt;
-  }
-  std::ifstream in(file);
-  if (!in)
-    throw std::runtime_error("cannot read the database password file " + file.string());
-  std::string password;
-  std::getline(in, password);
-  return password;
-}
-
 /// The DSN with `application_name=warpd/<instance>` unless it names one itself.
 std::string WithApplicationName(const std::string& dsn, const std::string& instance) {
   if (dsn.find("application_name") != std::string::npos)
@@ -98,6 +78,7 @@ std::string WithApplicationName(const std::string& dsn, const std::string& insta
 
 /// The store the config asks for. Throws std::runtime_error naming what is wrong.
 std::unique_ptr<store::Store> MakeStore(const config::Settings& settings,
+                                        const std::filesystem::path& config_dir,
                                         boost::asio::any_io_executor executor,
                                         const logging::Logger& log) {
   const auto& s = settings.store;
@@ -106,7 +87,7 @@ std::unique_ptr<store::Store> MakeStore(const config::Settings& settings,
   }
   store::postgres::PostgresStoreSettings pg;
   pg.pool.conninfo = WithApplicationName(s.dsn, settings.daemon.instance);
-  pg.pool.password = ReadPassword(s);
+  pg.pool.password = config::DatabasePassword(s, config_dir);
   pg.pool.connect_timeout = s.connect_timeout;
   pg.pool.acquire_timeout = s.connect_timeout;
   pg.pool.size = 2;
@@ -246,6 +227,8 @@ class Daemon {
     Notify(fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading", now.count()));
     try {
       auto next = config::Load(options_.config_path);
+      if (options_.instance)
+        next.daemon.instance = *options_.instance;
       if (next.store.backend != settings_.store.backend || next.store.dsn != settings_.store.dsn ||
           next.daemon.instance != settings_.daemon.instance ||
           next.daemon.group != settings_.daemon.group) {
@@ -264,10 +247,12 @@ class Daemon {
       settings_ = std::move(next);
       log_.Info(Event::kConfigReloaded, {}, "configuration reloaded from {}: interval {}ms",
                 options_.config_path.string(), settings_.scheduler.interval.count());
+      reload_rejected_.clear();
       Notify("READY=1\nSTATUS=configuration reloaded");
     } catch (const std::exception& e) {
       log_.Error(Event::kConfigRejected, {},
                  "reload rejected, keeping the previous configuration: {}", e.what());
+      reload_rejected_ = e.what();
       Notify(fmt::format("READY=1\nSTATUS=reload rejected: {}", e.what()));
     }
   }
@@ -374,6 +359,8 @@ class Daemon {
                              r.cycle_id.empty() ? "(slot unknown)" : r.cycle_id, r.error);
         break;
     }
+    if (!reload_rejected_.empty())  // until a reload succeeds: the file on disk is not in force
+      status += "; last reload rejected: " + reload_rejected_;
     Notify("STATUS=" + status);
   }
 
@@ -389,7 +376,8 @@ class Daemon {
   leasing::LeaseKeeper lease_keeper_;
   std::optional<scheduler::Scheduler> scheduler_;
   std::optional<watchdog::Watchdog> watchdog_;
-  int open_observations_ = 0;  ///< as of the last watchdog pass, for STATUS=
+  int open_observations_ = 0;    ///< as of the last watchdog pass, for STATUS=
+  std::string reload_rejected_;  ///< why the last reload was rejected; empty once one succeeds
   StoreHealth store_health_;
   LoopWatchdog loop_watchdog_;
   bool stop_requested_ = false;
@@ -417,6 +405,8 @@ int Run(const Options& options) {
   config::Settings settings;
   try {
     settings = config::Load(options.config_path);
+    if (options.instance)
+      settings.daemon.instance = *options.instance;
   } catch (const config::ConfigError& e) {
     std::fprintf(stderr, "warpd: %s\n", e.what());
     Notify("ERRNO=22\nSTATUS=configuration error");
@@ -430,7 +420,7 @@ int Run(const Options& options) {
   asio::io_context io;
   std::unique_ptr<store::Store> store;
   try {
-    store = MakeStore(settings, io.get_executor(), log);
+    store = MakeStore(settings, options.config_path.parent_path(), io.get_executor(), log);
   } catch (const std::exception& e) {
     log.Error(Event::kDaemonStopped, {}, "{}", e.what());
     log.Flush();

@@ -15,6 +15,7 @@ struct Options {
   std::filesystem::path config_path = kDefaultConfigPath;
   bool once = false;                            ///< one cycle, wait for its work, exit
   std::optional<config::LogFormat> log_format;  ///< overrides log.format
+  std::optional<std::string> instance;          ///< overrides daemon.instance (warpd@NAME)
 };
 
 /// Runs warpd until it is told to stop. Returns the process exit code (sysexits: 0 ok,

@@ -2,8 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <spdlog/async.h>
+#include <spdlog/sinks/base_sink.h>
+
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <thread>
 
 namespace warp::logging {
 namespace {
@@ -48,6 +53,59 @@ TEST(Logger, FieldsSurviveTheRoundTripThroughTheRecordPayload) {
       << "separators in the text cannot forge fields";
   EXPECT_NE(lines->front().find("observation_kind=cycle_missed severity=critical"),
             std::string::npos);
+}
+
+/// Keeps each record's raw payload, as a sink on the far side of a queue sees it.
+class PayloadSink final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::vector<std::string> payloads;
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    payloads.emplace_back(msg.payload.data(), msg.payload.size());
+  }
+  void flush_() override {}
+};
+
+TEST(Logger, FieldsTravelWithEachRecordThroughAnAsynchronousLogger) {
+  // The fields are part of the record, not thread-local or logger state: records formatted on
+  // two threads and written later by spdlog's worker thread keep their own fields.
+  auto sink = std::make_shared<PayloadSink>();
+  {
+    auto pool = std::make_shared<spdlog::details::thread_pool>(64, 1);
+    auto async = std::make_shared<spdlog::async_logger>("async", sink, pool,
+                                                        spdlog::async_overflow_policy::block);
+    Logger log(async);
+    auto write = [&log](std::int64_t first) {
+      for (std::int64_t id = first; id < first + 500; ++id) {
+        log.Info(Event::kDispatchStarted, {.agent = "agent-" + std::to_string(id), .work_id = id},
+                 "work {}", id);
+      }
+    };
+    std::thread other(write, 1000);
+    write(0);
+    other.join();
+    log.Flush();
+  }  // the pool's worker drains the queue before it ends
+  ASSERT_EQ(sink->payloads.size(), 1000u);
+  std::set<std::int64_t> seen;
+  for (const auto& payload : sink->payloads) {
+    const auto record = Decode(payload);
+    ASSERT_EQ(record.event, Event::kDispatchStarted);
+    const std::string text(record.text);
+    const std::int64_t id = std::stoll(text.substr(5));
+    std::string agent, work;
+    for (const auto& f : record.fields) {
+      if (f.name == "WARP_AGENT")
+        agent = f.value;
+      if (f.name == "WARP_WORK_ID")
+        work = f.value;
+    }
+    EXPECT_EQ(agent, "agent-" + std::to_string(id)) << payload;
+    EXPECT_EQ(work, std::to_string(id)) << payload;
+    seen.insert(id);
+  }
+  EXPECT_EQ(seen.size(), 1000u);
 }
 
 TEST(Decode, SplitsTextEventAndFields) {

@@ -355,6 +355,9 @@ void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Ag
                                .lease_id = lease.lease_id,
                                .fencing_token = lease.fencing_token,
                                .work_id = item.work_item_id};
+  // Lease records are debug: dispatch_started (info) carries the same lease and fencing token.
+  log_.Debug(Event::kLeaseAcquired, fields, "lease {} on {} acquired: fencing token {}",
+             lease.lease_id, agent.agent_slug, lease.fencing_token);
   log_.Info(Event::kDispatchStarted, fields,
             "dispatching work {} ({}) to {} under lease {} token {} (attempt {}/{})",
             item.work_item_id, item.kind, agent.agent_slug, lease.lease_id, lease.fencing_token,
@@ -443,6 +446,10 @@ store::Task<void> Scheduler::RecordCompletions() {
         continue;
       }
       const auto& done = verdicts.at(i);
+      if (done.accepted()) {
+        log_.Debug(Event::kLeaseReleased, fields, "lease {} on {} released", r.lease_id,
+                   r.agent_slug);
+      }
       if (!done.accepted()) {
         log_.Warn(Event::kCompletionRejected, fields,
                   "completion of work {} refused ({}): the lease is no longer ours", r.work_id,

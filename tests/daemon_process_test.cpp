@@ -110,6 +110,20 @@ TEST_F(DaemonProcess, StartingWithABadConfigExits78WithoutRunning) {
   EXPECT_NE(warpd.Err().find("scheduler.interval"), std::string::npos) << warpd.Err();
 }
 
+TEST_F(DaemonProcess, InstanceOptionOverridesTheConfiguredInstanceName) {
+  auto path = WriteConfig(Config("1s", R"(["/bin/true"])"));
+  Warpd warpd(dir_.path(), {"--once", "--instance", "unit-b", "--config", path.string()});
+  EXPECT_EQ(warpd.Wait(), 0) << warpd.Err();
+  EXPECT_NE(warpd.Err().find("instance unit-b group"), std::string::npos) << warpd.Err();
+}
+
+TEST_F(DaemonProcess, AnInvalidInstanceNameIsAUsageError) {
+  auto path = WriteConfig(Config("1s", R"(["/bin/true"])"));
+  Warpd warpd(dir_.path(), {"--instance", "Bad_Name", "--config", path.string()});
+  EXPECT_EQ(warpd.Wait(), 64);
+  EXPECT_NE(warpd.Err().find("--instance"), std::string::npos) << warpd.Err();
+}
+
 TEST_F(DaemonProcess, OnceRunsOneCycleWaitsForItsWorkAndExitsZero) {
   auto path = WriteConfig(Config("1s", R"(["/bin/sh", "-c", "cat; echo; echo worked"])"));
   Warpd warpd(dir_.path(), {"--once", "--config", path.string(), "--log-format", "json"});
