@@ -5,7 +5,6 @@
 // lease:ID).
 #include <sysexits.h>
 
-#include <fstream>
 #include <random>
 
 #include "warpctl/commands.hpp"
@@ -238,8 +237,6 @@ int ChangeLifecycle(const Options& options, LifecycleAction action, const std::s
                                                                 : "retired";
     if (from == "retired" && to != "retired")
       Refused(fmt::format("agent {} is retired for good; it cannot be {}d", slug, verb));
-    if (action == LifecycleAction::kPause && from != "active" && from != "paused")
-      Refused(fmt::format("agent {} is {}; only an active agent can be paused", slug, from));
     doc["agent_slug"] = slug;
     doc["from"] = from;
     doc["to"] = to;

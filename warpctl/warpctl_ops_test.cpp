@@ -129,6 +129,29 @@ int ClosedPort() {
   return ntohs(address.sin_port);
 }
 
+/// A loopback listener that completes TCP handshakes but never answers: a hung server.
+class SilentServer {
+ public:
+  SilentServer() : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    ::listen(fd_, 16);
+    socklen_t length = sizeof address;
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length);
+    port_ = ntohs(address.sin_port);
+  }
+  ~SilentServer() { ::close(fd_); }
+  SilentServer(const SilentServer&) = delete;
+  SilentServer& operator=(const SilentServer&) = delete;
+  int port() const { return port_; }
+
+ private:
+  int fd_;
+  int port_ = 0;
+};
+
 const std::regex kRfc3339Micros(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)");
 
 bool IsTime(const Json& value) {
@@ -608,6 +631,62 @@ TEST_F(WarpctlOps, StoreDownExits69AfterTheConnectTimeoutNotAHang) {
   }
   const auto json = RunWarpctl(dir_.path(), {"--dsn", dsn, "--json", "status"});
   EXPECT_EQ(json.json()["exit_code"], 69);
+}
+
+TEST_F(WarpctlOps, AHungServerExits69AfterTheConfiguredConnectTimeout) {
+  SilentServer server;
+  const auto config = dir_.path() / "hung.toml";
+  WriteFile(config, "[store]\nbackend = \"postgres\"\ndsn = \"host=127.0.0.1 port=" +
+                        std::to_string(server.port()) +
+                        " dbname=warp\"\nconnect_timeout = \"2s\"\n");
+  const auto r = RunWarpctl(dir_.path(), {"--config", config.string(), "--json", "status"});
+  EXPECT_EQ(r.code, 69) << r.err;
+  EXPECT_THAT(r.err, testing::StartsWith("warpctl: database unreachable"));
+  EXPECT_EQ(r.json()["exit_code"], 69);
+  EXPECT_GE(r.elapsed, 1500ms);
+  EXPECT_LT(r.elapsed, 10s);
+}
+
+TEST_F(WarpctlOps, OperatorCommandsNeedThePostgresStoreButCheckConfigTakesTheMemoryOne) {
+  const auto config = dir_.path() / "memory.toml";
+  WriteFile(config, "[store]\nbackend = \"memory\"\n\n[runner.noop]\ntransport = \"null\"\n");
+  const auto status = RunWarpctl(dir_.path(), {"--config", config.string(), "status"});
+  EXPECT_EQ(status.code, 78);
+  EXPECT_THAT(status.err, HasSubstr("store.backend is \"memory\""));
+  const auto check = RunWarpctl(dir_.path(), {"--config", config.string(), "check-config"});
+  EXPECT_EQ(check.code, 0) << check.err;
+  EXPECT_THAT(check.out, HasSubstr("configuration ok"));
+  const auto broken = dir_.path() / "broken.toml";
+  WriteFile(broken, "[store]\nbackend = \"memory\"\nbogus = 1\n");
+  EXPECT_EQ(RunWarpctl(dir_.path(), {"--config", broken.string(), "agents", "list"}).code, 78);
+}
+
+TEST_F(WarpctlOps, ChangesPrintOneJsonDocument) {
+  const auto reg = Ctl({"--json", "agents", "register", "erp-sales", "--domain", "sales",
+                        "--runner", "noop", "--tool-profile", "erp-read", "--business-link",
+                        "spindle:req-1", "--display-name", "ERP sales"});
+  ASSERT_EQ(reg.code, 0) << reg.err;
+  const auto agent = reg.json();
+  EXPECT_EQ(agent["command"], "agents register");
+  EXPECT_EQ(agent["ok"], true);
+  EXPECT_EQ(agent["agent"]["agent_slug"], "erp-sales");
+  EXPECT_EQ(agent["agent"]["display_name"], "ERP sales");
+  EXPECT_TRUE(agent["agent"]["max_active_leases"].is_null());
+  const auto enq = Ctl({"enqueue", "erp-sales", "sync", "--json", "--payload", R"({"a":[1,2]})"});
+  ASSERT_EQ(enq.code, 0) << enq.err;
+  const auto work = enq.json();
+  EXPECT_EQ(work["created"], true);
+  EXPECT_EQ(work["work_item"]["state"], "pending");
+  EXPECT_EQ(work["work_item"]["max_attempts"], 5);
+  EXPECT_THAT(work["work_item"]["idempotency_key"].get<std::string>(),
+              testing::StartsWith("warpctl:"));
+  EXPECT_TRUE(IsTime(work["work_item"]["due_at"]));
+  EXPECT_TRUE(work["warnings"].empty());
+  const auto pause = Ctl({"--json", "agents", "pause", "erp-sales"}).json();
+  EXPECT_EQ(pause["from"], "active");
+  EXPECT_EQ(pause["to"], "paused");
+  EXPECT_EQ(pause["changed"], true);
+  EXPECT_EQ(Ctl({"agents", "pause", "nobody"}).code, 65);
 }
 
 TEST_F(WarpctlOps, AuditLeasesPassesAcleanHistoryAndCatchesPlantedViolations) {
