@@ -382,6 +382,25 @@ TEST_F(SchedulerTest, PausedAgentsAndKindsOutsideTheToolProfileAreSkipped) {
   EXPECT_EQ(Work(paused.work_item_id).state, WorkState::kPending);
 }
 
+TEST_F(SchedulerTest, RetiredAgentsAreSkippedAndNeverLeased) {
+  Build();
+  Agent("erp-old", 1, store::Lifecycle::kRetired);
+  const auto item = Enqueue("erp-old");
+  for (int i = 0; i < 2; ++i) {
+    auto report = Cycle();
+    EXPECT_EQ(report.counts.skipped, 1);
+    EXPECT_EQ(report.counts.dispatched, 0);
+    auto decisions = Decisions(report.cycle_id);
+    ASSERT_EQ(decisions.size(), 1u);
+    EXPECT_EQ(decisions[0].decision, Decision::kSkippedPaused);
+    EXPECT_EQ(decisions[0].reason, "agent is retired");
+    clock_.Advance(60s);
+  }
+  EXPECT_TRUE(runner_->dispatches.empty());
+  EXPECT_TRUE(test::Await(io_, store_.ListLeases(std::nullopt, false)).empty());
+  EXPECT_EQ(Work(item.work_item_id).state, WorkState::kPending);
+}
+
 TEST_F(SchedulerTest, AnAgentNamingAnUnconfiguredRunnerGetsAFailedDecision) {
   Build();
   store::NewAgent a;

@@ -147,6 +147,26 @@ TEST_F(DispatchSql, AFencingBumpLeavesUpdatedAtAloneAndTheGuardStillRefusesGoing
       << "a forward bump does not smuggle an un-retirement past the guard";
 }
 
+TEST_F(DispatchSql, AClaimThatWouldLeaseARetiredAgentIsRefusedWhole) {
+  // The scheduler read the agent as active; it was retired before the claim (governance
+  // migration: agent_leases_not_retired). The claim writes nothing, not even its decisions.
+  Sql(a(), "UPDATE warp.agents SET lifecycle = 'retired' WHERE agent_id = 1");
+  EXPECT_EQ(FailureOf(a(), "SELECT count(*) FROM warp.claim_dispatches(" + run_ +
+                               ", 'c1', 'i', '1 hour', '{1}', '{1}', '{5}', '{NULL}', '{NULL}', "
+                               "'10 seconds', '10 minutes')"),
+            "P0001");
+  EXPECT_EQ(Sql(a(), "SELECT count(*) FROM warp.agent_leases"), std::vector<std::string>{"0"});
+  EXPECT_EQ(Sql(a(), "SELECT count(*) FROM warp.dispatch_decisions"),
+            std::vector<std::string>{"0"});
+  EXPECT_EQ(Sql(a(), "SELECT fencing_counter FROM warp.agents WHERE agent_id = 1"),
+            std::vector<std::string>{"0"});
+  // A skip verdict for the retired agent is still recorded: it takes no lease.
+  EXPECT_EQ(Sql(a(), "SELECT decision FROM warp.claim_dispatches(" + run_ +
+                         ", 'c1', 'i', '1 hour', '{1}', '{1}', '{5}', '{skipped_paused}', "
+                         "'{retired}', '10 seconds', '10 minutes')"),
+            std::vector<std::string>{"skipped_paused"});
+}
+
 TEST_F(DispatchSql, ExpiredWorkIsRequeuedOnceAndLiveWorkStays) {
   Sql(a(), "SELECT count(*) FROM warp.claim_dispatches(" + run_ +
                ", 'c1', 'i', '1 second', '{1}', '{1}', '{5}', '{NULL}', '{NULL}', '10 seconds', "
