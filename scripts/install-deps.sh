@@ -16,6 +16,7 @@ packages=(
   postgresql-15 postgresql-client-15
   python3
   procps util-linux
+  systemd dpkg-dev file
 )
 
 missing=()

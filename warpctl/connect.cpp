@@ -2,27 +2,11 @@
 
 #include <libpq-fe.h>
 
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
+#include <string_view>
 #include <vector>
 
 namespace warp::warpctl {
 namespace {
-
-std::optional<std::string> ReadSecret(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in)
-    return std::nullopt;
-  std::ostringstream text;
-  text << in.rdbuf();
-  std::string secret = text.str();
-  if (secret.ends_with('\n'))
-    secret.pop_back();
-  if (secret.ends_with('\r'))
-    secret.pop_back();
-  return secret;
-}
 
 std::string OneLine(std::string_view text) {
   std::string out;
@@ -44,16 +28,9 @@ std::string OneLine(std::string_view text) {
 
 std::optional<std::string> ResolvePassword(const std::filesystem::path& password_file,
                                            const std::filesystem::path& config_dir) {
-  if (!password_file.empty()) {
-    const auto file = password_file.is_relative() ? config_dir / password_file : password_file;
-    auto secret = ReadSecret(file);
-    if (!secret)
-      throw PasswordFileError("store.password_file: cannot read " + file.string());
-    return secret;
-  }
-  if (const char* credentials = std::getenv("CREDENTIALS_DIRECTORY"); credentials && *credentials)
-    return ReadSecret(std::filesystem::path(credentials) / "warp-db-password");
-  return std::nullopt;
+  config::StoreSettings store;
+  store.password_file = password_file;
+  return config::DatabasePassword(store, config_dir);
 }
 
 ConnectOptions OptionsFromStore(const config::StoreSettings& store,

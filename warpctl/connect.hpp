@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "config/credentials.hpp"
 #include "config/settings.hpp"
 #include "migrations/migrator.hpp"
 
@@ -31,15 +32,10 @@ class DatabaseUnavailable : public std::runtime_error {
 };
 
 /// A password file could not be read (a configuration error).
-class PasswordFileError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+using PasswordFileError = config::PasswordFileError;
 
-/// The database password: the contents of `password_file` when set (relative to
-/// `config_dir`), else of $CREDENTIALS_DIRECTORY/warp-db-password when that file exists (a
-/// systemd credential), else none. One trailing newline is dropped. Throws PasswordFileError
-/// when `password_file` is set but unreadable.
+/// The database password of config::DatabasePassword for a [store] with `password_file`:
+/// that file (relative to `config_dir`), else the systemd credential, else none.
 std::optional<std::string> ResolvePassword(const std::filesystem::path& password_file,
                                            const std::filesystem::path& config_dir);
 

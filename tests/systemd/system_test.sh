@@ -26,6 +26,8 @@ skip() {
   skip "WARP_TEST_DEB names no package (scripts/test.sh builds one with cpack)"
 [[ -x /lib/systemd/systemd ]] || skip "no /lib/systemd/systemd"
 command -v unshare >/dev/null && command -v nsenter >/dev/null || skip "no unshare/nsenter"
+unshare --pid --fork --mount --net --uts --ipc --cgroup true 2>/dev/null ||
+  skip "this machine refuses new namespaces (unshare as root failed): no sandbox for systemd"
 
 interval_s=2
 work=$(mktemp -d /tmp/warp-systemd-test.XXXXXX)
@@ -192,6 +194,12 @@ INSERT INTO warp.agents (agent_slug, tool_profile_id, runner, business_link, max
 VALUES ('worker', 'basic', 'ok', 'test:system', 2), ('flaky', 'basic', 'fail', 'test:system', 1);
 SQL
 
+# systemd logs every notification it receives at debug level: evidence of the protocol itself.
+in_sandbox systemd-analyze log-level debug
+notified() { # notified UNIT TEXT: systemd received a notification from UNIT containing TEXT
+  in_sandbox journalctl --no-pager -u "$1" | grep -F "Got notification message" | grep -F -- "$2" >/dev/null
+}
+
 echo "== start =="
 check "systemctl start returns with the unit active" in_sandbox systemctl start warpd.service
 check "ActiveState is active" test "$(unit_prop warpd.service ActiveState)" = active
@@ -209,6 +217,7 @@ for line in sys.stdin:
 sys.exit(0 if started is not None and ready is not None and started <= ready else 1)'
 }
 check "the unit became active only after warpd's READY (daemon_started precedes Started)" ready_order
+check "systemd received READY=1 with a STATUS" notified warpd.service "READY=1, STATUS=started"
 status_has_cycle() { [[ $(unit_prop warpd.service StatusText) == "cycle "* ]]; }
 check "StatusText shows a cycle line within two intervals" wait_for $((2 * interval_s + 1)) status_has_cycle
 echo "     StatusText: $(unit_prop warpd.service StatusText)"
@@ -221,6 +230,8 @@ echo "== reload =="
 write_config 3
 in_sandbox systemctl reload warpd.service
 check "reload applies a new interval" wait_for 10 journal_has_event config_reloaded "interval 3000ms"
+check "systemd received RELOADING=1 with MONOTONIC_USEC" notified warpd.service "RELOADING=1, MONOTONIC_USEC="
+check "and READY=1 after it" notified warpd.service "READY=1, STATUS=configuration reloaded"
 in_sandbox sh -c 'printf "[scheduler]\ninterval = \"soon\"\n" >>/etc/warp/warpd.toml'
 in_sandbox systemctl reload warpd.service
 check "a broken file is rejected with file:line:column" \
@@ -295,6 +306,7 @@ echo "== stop =="
 main_pid=$(unit_prop warpd.service MainPID)
 check "systemctl stop returns" in_sandbox systemctl stop warpd.service
 check "the unit is inactive, not failed" test "$(unit_prop warpd.service ActiveState)" = inactive
+check "systemd received STOPPING=1" notified warpd.service "STOPPING=1, STATUS=draining"
 check "warpd exited 0" test "$(unit_prop warpd.service ExecMainStatus)" = 0
 check "warpd drained (daemon_stopping, daemon_stopped)" sh -c \
   "'$root/scripts/systemd-sandbox.sh' exec '$sandbox' journalctl --no-pager -o json _PID=$main_pid | grep -q '\"WARP_EVENT\":\"daemon_stopping\"' &&
