@@ -7,6 +7,9 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -370,6 +373,97 @@ TEST_F(HttpRunnerTest, StopDuringTheExchangeReportsStopped) {
   EXPECT_EQ(result->status, Status::kStopped);
   EXPECT_FALSE(result->handed_off);
   EXPECT_THAT(result->detail, HasSubstr("lease lost: test"));
+}
+
+/// `openssl s_server` with a self-signed certificate for 127.0.0.1, in a child process.
+class TlsServer {
+ public:
+  TlsServer() {
+    dir_ = std::filesystem::temp_directory_path() / ("warp-tls-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+    const std::string generate =
+        "openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -addext "
+        "subjectAltName=IP:127.0.0.1 -days 1 -keyout " +
+        (dir_ / "key.pem").string() + " -out " + cert() + " >/dev/null 2>&1";
+    if (std::system(generate.c_str()) != 0)
+      throw std::runtime_error("cannot generate a certificate with openssl");
+    {
+      TestServer probe([](const Received&) { return Reply{}; });  // a free port, then closed
+      port_ = std::stoi(probe.url("").substr(std::string("http://127.0.0.1:").size()));
+    }
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const std::string port = std::to_string(port_);
+      const std::string key = (dir_ / "key.pem").string();
+      const std::string cert_file = cert();
+      ::freopen("/dev/null", "w", stdout);
+      ::freopen("/dev/null", "w", stderr);
+      ::execlp("openssl", "openssl", "s_server", "-accept", port.c_str(), "-cert",
+               cert_file.c_str(), "-key", key.c_str(), "-www", static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    // Ready when it accepts a connection.
+    for (int i = 0; i < 100; ++i) {
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(static_cast<unsigned short>(port_));
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      const bool up = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+      ::close(fd);
+      if (up)
+        return;
+      std::this_thread::sleep_for(50ms);
+    }
+    throw std::runtime_error("openssl s_server did not start");
+  }
+  ~TlsServer() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::filesystem::remove_all(dir_);
+  }
+  std::string url() const { return fmt::format("https://127.0.0.1:{}/dispatch", port_); }
+  std::string cert() const { return (dir_ / "cert.pem").string(); }
+
+ private:
+  std::filesystem::path dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+bool HaveOpenssl() {
+  return std::system("command -v openssl >/dev/null 2>&1") == 0;
+}
+
+TEST_F(HttpRunnerTest, HttpsRefusesACertificateTheSystemStoreDoesNotTrust) {
+  if (!HaveOpenssl())
+    GTEST_SKIP() << "no openssl command";
+  TlsServer server;
+  HttpRunner runner(Settings(server.url()), io_.get_executor(), logging::Logger());
+  const auto run = Dispatch(io_, runner, Request());
+  ASSERT_TRUE(run.result);
+  EXPECT_EQ(run.result->status, Status::kTransportError);
+  EXPECT_TRUE(run.result->retry);
+  EXPECT_THAT(run.result->detail, HasSubstr("certificate verify failed"));
+}
+
+TEST_F(HttpRunnerTest, HttpsCompletesTheHandshakeWithATrustedCertificate) {
+  if (!HaveOpenssl())
+    GTEST_SKIP() << "no openssl command";
+  TlsServer server;
+  // OpenSSL's default verify paths honour SSL_CERT_FILE: the "system store" is this cert.
+  ::setenv("SSL_CERT_FILE", server.cert().c_str(), 1);
+  HttpRunner runner(Settings(server.url(), 1s), io_.get_executor(), logging::Logger());
+  ::unsetenv("SSL_CERT_FILE");
+  const auto run = Dispatch(io_, runner, Request());
+  ASSERT_TRUE(run.result);
+  // s_server -www answers GET only: the POST reaches it over a verified connection (counted
+  // once the handshake succeeded) and gets no useful response (closed or timed out).
+  EXPECT_NE(run.result->status, Status::kTransportError) << run.result->detail;
+  EXPECT_THAT(run.result->detail, testing::Not(HasSubstr("cannot connect")));
+  EXPECT_EQ(runner.connections_opened(), 1u);
 }
 
 TEST(HttpDispatchDocumentTest, CarriesEveryFieldOfTheDispatch) {
