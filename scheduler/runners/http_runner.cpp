@@ -19,6 +19,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -242,6 +243,26 @@ struct HttpRunner::Shared {
   std::unique_ptr<ssl::context> tls_context;
   std::map<std::string, std::vector<std::unique_ptr<Connection>>> idle;
   std::uint64_t opened = 0;
+  /// Connections open or being opened (idle ones included), at most kHttpConnectionsPerHost.
+  std::size_t open = 0;
+  /// Exchanges waiting for a connection; each returns false when it no longer waits.
+  std::deque<std::function<bool()>> waiters;
+
+  /// A counted connection was closed (or its connect failed): one waiter may open another.
+  void Release() {
+    --open;
+    WakeOne();
+  }
+
+  /// Wakes the first waiter that still waits (it takes an idle connection or opens one).
+  void WakeOne() {
+    while (!waiters.empty()) {
+      auto wake = std::move(waiters.front());
+      waiters.pop_front();
+      if (wake())
+        return;
+    }
+  }
 
   /// A pooled connection young enough to reuse, or null.
   std::unique_ptr<Connection> TakeIdle() {
@@ -252,6 +273,7 @@ struct HttpRunner::Shared {
       if (SteadyClock::now() - conn->idle_since < kHttpIdleFor)
         return conn;
       conn->Close();
+      --open;  // the caller may open one in its place
     }
     return nullptr;
   }
@@ -260,10 +282,13 @@ struct HttpRunner::Shared {
     auto& pool = idle[url.pool_key];
     conn->idle_since = SteadyClock::now();
     pool.push_back(std::move(conn));
-    if (pool.size() > kHttpIdlePerHost) {
+    // Beyond kHttpIdlePerHost only while exchanges wait for a connection: they take these.
+    if (pool.size() > kHttpIdlePerHost && waiters.empty()) {
       pool.front()->Close();
       pool.erase(pool.begin());
+      --open;
     }
+    WakeOne();
   }
 };
 
@@ -277,6 +302,7 @@ class HttpExecution final : public Execution, public std::enable_shared_from_thi
         request_(std::move(request)),
         on_done_(std::move(on_done)),
         resolver_(shared_->executor),
+        wait_timer_(shared_->executor),
         deadline_timer_(shared_->executor),
         deadline_(SteadyClock::now() + shared_->settings.timeout) {}
 
@@ -317,6 +343,7 @@ class HttpExecution final : public Execution, public std::enable_shared_from_thi
   /// Ends whatever the execution waits for: the exchange's I/O, or the wait after hand-off.
   void Abort() {
     resolver_.cancel();
+    wait_timer_.cancel();
     if (conn_)
       conn_->Close();
     if (handed_off_)
@@ -499,19 +526,49 @@ class HttpExecution final : public Execution, public std::enable_shared_from_thi
                        moved_to);
   }
 
+  asio::awaitable<void> WaitForConnection() {
+    std::weak_ptr<HttpExecution> weak = shared_from_this();
+    auto waiting = std::make_shared<bool>(true);
+    shared_->waiters.push_back([weak, waiting] {
+      auto self = weak.lock();
+      if (!self || !*waiting)
+        return false;
+      self->wait_timer_.cancel();
+      return true;
+    });
+    wait_timer_.expires_at(SteadyClock::time_point::max());
+    boost::system::error_code ec;
+    co_await wait_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    *waiting = false;
+  }
+
   asio::awaitable<ExchangeOutcome> Exchange() {
     auto req = MakeRequest();
     for (int attempt = 0;; ++attempt) {
-      std::unique_ptr<Connection> conn = shared_->TakeIdle();
-      const bool reused = conn != nullptr;
+      std::unique_ptr<Connection> conn;
+      bool reused = false;
+      for (;;) {
+        if (stopped_ || timed_out_)
+          co_return ExchangeOutcome{};  // Interrupted() tells which
+        conn = shared_->TakeIdle();
+        reused = conn != nullptr;
+        if (conn || shared_->open < kHttpConnectionsPerHost)
+          break;
+        // At the bound: wait until a connection is returned or closed (or Stop / deadline).
+        co_await WaitForConnection();
+      }
       if (!conn) {
+        ++shared_->open;  // reserved before connecting, so concurrent connects stay bounded
         std::string error;
         conn = co_await Connect(error);
-        if (!conn)
+        if (!conn) {
+          shared_->Release();
           co_return ExchangeOutcome{{Status::kTransportError, error, true}};
+        }
       }
       if (stopped_ || timed_out_) {
         conn->Close();
+        shared_->Release();
         co_return ExchangeOutcome{};
       }
       conn_ = conn.get();
@@ -528,6 +585,7 @@ class HttpExecution final : public Execution, public std::enable_shared_from_thi
         shared_->GiveBack(std::move(conn));
       } else {
         conn->Close();
+        shared_->Release();
       }
       if (resend && attempt == 0 && !stopped_ && !timed_out_) {
         shared_->log.Debug(Event::kGeneral, Fields(),
@@ -543,6 +601,7 @@ class HttpExecution final : public Execution, public std::enable_shared_from_thi
   DispatchRequest request_;
   Runner::OnDone on_done_;
   tcp::resolver resolver_;
+  asio::steady_timer wait_timer_;      // waiting for a connection at the per-host bound
   asio::steady_timer deadline_timer_;  // the exchange's deadline, then the hand-off's wait
   SteadyClock::time_point deadline_;
   Connection* conn_ = nullptr;  // the connection in use, for Abort()
@@ -581,6 +640,10 @@ std::shared_ptr<Execution> HttpRunner::Start(DispatchRequest request, OnDone on_
 
 std::uint64_t HttpRunner::connections_opened() const {
   return shared_->opened;
+}
+
+std::size_t HttpRunner::connections_open() const {
+  return shared_->open;
 }
 
 }  // namespace warp::scheduler

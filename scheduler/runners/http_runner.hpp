@@ -24,6 +24,9 @@ namespace warp::scheduler {
 inline constexpr std::size_t kHttpBodyLimit = 64 * 1024;
 /// Idle keep-alive connections kept per scheme/host/port, and for how long.
 inline constexpr std::size_t kHttpIdlePerHost = 8;
+/// Connections open at once per scheme/host/port (per runner); further dispatches wait for
+/// one (within their timeout), so a large scheduler.max_inflight cannot exhaust descriptors.
+inline constexpr std::size_t kHttpConnectionsPerHost = 64;
 inline constexpr std::chrono::seconds kHttpIdleFor{30};
 
 /// The JSON document POSTed for `request`: work_id, kind, payload (the work's JSON object),
@@ -55,7 +58,8 @@ std::string HttpDispatchDocument(const DispatchRequest& request);
 ///   `timeout` elapsed before the response was read: kTimedOut (retry).
 ///
 /// Keep-alive connections are reused: idle ones are pooled per scheme/host/port (at most
-/// kHttpIdlePerHost, each for at most kHttpIdleFor). A request on a reused connection that the
+/// kHttpIdlePerHost, each for at most kHttpIdleFor), and at most kHttpConnectionsPerHost are
+/// open at once; a dispatch beyond that waits for one. A request on a reused connection that the
 /// server had closed meanwhile (no byte of a response) is sent once more on a new connection.
 /// https:// verifies the server's certificate chain against the system's trust store and its
 /// name against the URL's host (SNI is sent).
@@ -76,6 +80,9 @@ class HttpRunner final : public Runner {
 
   /// Connections this runner has opened so far (for tests of connection reuse).
   std::uint64_t connections_opened() const;
+  /// Connections open or being opened now, idle ones included (at most
+  /// kHttpConnectionsPerHost).
+  std::size_t connections_open() const;
 
   struct Shared;  // settings, TLS context and the idle-connection pool; shared with executions
 

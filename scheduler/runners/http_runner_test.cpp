@@ -335,6 +335,36 @@ TEST_F(HttpRunnerTest, ConcurrentDispatchesOpenOneConnectionEach) {
   EXPECT_EQ(server.accepted(), 3);
 }
 
+TEST_F(HttpRunnerTest, ConcurrentDispatchesBeyondTheConnectionBoundWaitForAConnection) {
+  TestServer server([](const Received&) {
+    Reply r = Respond(200, "OK", R"({"outcome":"done"})");
+    r.delay = 20ms;
+    return r;
+  });
+  HttpRunner runner(Settings(server.url()), io_.get_executor(), logging::Logger());
+  const int n = static_cast<int>(kHttpConnectionsPerHost) + 16;
+  int done = 0;
+  std::vector<std::shared_ptr<Execution>> executions;
+  for (int i = 0; i < n; ++i) {
+    executions.push_back(runner.Start(Request(500 + i), [&](DispatchResult r) {
+      EXPECT_EQ(r.status, Status::kDone) << r.detail;
+      ++done;
+    }));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  std::size_t most_open = 0;
+  while (done < n && std::chrono::steady_clock::now() < deadline) {
+    io_.run_one_for(5ms);
+    io_.restart();
+    most_open = std::max(most_open, runner.connections_open());
+  }
+  EXPECT_EQ(done, n);
+  EXPECT_EQ(server.requests().size(), static_cast<std::size_t>(n));
+  EXPECT_EQ(most_open, kHttpConnectionsPerHost);
+  // The waiting dispatches reused returned connections rather than opening one each.
+  EXPECT_LT(server.accepted(), n);
+}
+
 TEST_F(HttpRunnerTest, AnIdleConnectionTheServerClosedIsReplacedAndTheRequestSentOnce) {
   // The server announces keep-alive but closes each connection after its response.
   TestServer server([](const Received&) {
