@@ -11,7 +11,7 @@
 #                                           # scratch database in (scripts/test-postgres.sh)
 # Environment: BUILD_DIR (default build/), AGENTS (10000), ITEMS (200000), BOUND (4: the
 # agents' lease bound, leasing.default_max_active), PER_CYCLE (40000: max_dispatch_per_cycle,
-# also max_inflight; 128 for http, whose dispatches each hold a connection), INTERVAL (1s),
+# also max_inflight; 128 for http, whose runner opens at most 64 connections), INTERVAL (1s),
 # LOG_LEVEL (info), TIMEOUT (600 seconds), RUNNER (null | http | notify), HTTP_PORT (18088).
 # Prints: `warpd instances=N agents=A items=I seconds=S items_per_s=R` and the scratch
 # database is dropped at the end.
