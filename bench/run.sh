@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every benchmark of docs/BENCHMARKS.md in one run, against one throwaway PostgreSQL 15 on this
 # machine (scripts/test-postgres.sh, with pg_stat_statements preloaded for the idle figures):
-#   bench/throughput.sh  warpd end to end, null runner, 1 and 4 instances
+#   bench/throughput.sh  warpd end to end, null runner, 1 and 4 instances; then (SKIP name
+#                        `runners`) the http runner against a trivial local receiver and the
+#                        notify runner with a LISTEN agent, 1 instance, RUNNER_ITEMS items
 #   bench/pgbench/run.sh the database's limit for the same per-item SQL, single and batched
 #   bench/peers/run.sh   graphile-worker, default and best documented configuration
 #   bench/idle.sh        an idle warpd at 100,000 agents
@@ -9,8 +11,8 @@
 # per figure are printed at the end (bench/medians.py).
 #
 #   bench/run.sh                  # needs a build in build/ (scripts/build.sh) and Node.js
-# Environment: RUNS (3), BUILD_DIR (build/), SKIP ("" or names among: throughput pgbench peers
-# idle), plus the knobs of each script (AGENTS, ITEMS, ...).
+# Environment: RUNS (3), BUILD_DIR (build/), SKIP ("" or names among: throughput runners
+# pgbench peers idle), RUNNER_ITEMS (50000), plus the knobs of each script (AGENTS, ITEMS, ...).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 runs=${RUNS:-3}
@@ -47,6 +49,8 @@ for run in $(seq 1 "$runs"); do
   echo "## round $run" | tee -a "$out"
   round throughput "$root/bench/throughput.sh" "$dsn" 1
   round throughput "$root/bench/throughput.sh" "$dsn" 4
+  round runners env RUNNER=http ITEMS="${RUNNER_ITEMS:-50000}" "$root/bench/throughput.sh" "$dsn" 1
+  round runners env RUNNER=notify ITEMS="${RUNNER_ITEMS:-50000}" "$root/bench/throughput.sh" "$dsn" 1
   round pgbench "$root/bench/pgbench/run.sh" "$dsn"
   round peers "$root/bench/peers/run.sh" "$dsn"
   round idle "$root/bench/idle.sh" "$dsn"

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # End-to-end dispatch throughput of warpd on PostgreSQL with the `null` runner (issue 3,
-# benchmark 1): AGENTS agents, ITEMS due work items, INSTANCES warpd processes of one group on
-# one database. Measured from the first lease acquired to the last lease released, read from
+# benchmark 1), or with RUNNER=http (against a trivial local receiver,
+# examples/agents/http_agent.py --mode respond, which answers {"outcome":"done"}) or
+# RUNNER=notify (build/examples/listen_agent completes each notice through
+# warp.complete_work): AGENTS agents, ITEMS due work items, INSTANCES warpd processes of one
+# group on one database. Measured from the first lease acquired to the last lease released, read from
 # the durable records (warp.agent_leases), after checking that every item is done exactly once.
 #
 #   bench/throughput.sh DSN [INSTANCES]     # DSN: libpq conninfo of a server to create a
 #                                           # scratch database in (scripts/test-postgres.sh)
 # Environment: BUILD_DIR (default build/), AGENTS (10000), ITEMS (200000), BOUND (4: the
 # agents' lease bound, leasing.default_max_active), PER_CYCLE (40000: max_dispatch_per_cycle,
-# also max_inflight), INTERVAL (1s), LOG_LEVEL (info), TIMEOUT (600 seconds).
+# also max_inflight; 128 for http, whose runner opens at most 64 connections), INTERVAL (1s),
+# LOG_LEVEL (info), TIMEOUT (600 seconds), RUNNER (null | http | notify), HTTP_PORT (18088).
 # Prints: `warpd instances=N agents=A items=I seconds=S items_per_s=R` and the scratch
 # database is dropped at the end.
 set -euo pipefail
@@ -19,7 +23,13 @@ build=${BUILD_DIR:-$root/build}
 agents=${AGENTS:-10000}
 items=${ITEMS:-200000}
 bound=${BOUND:-4}
-per_cycle=${PER_CYCLE:-40000}
+runner=${RUNNER:-null}
+case $runner in
+  null | notify) per_cycle=${PER_CYCLE:-40000} ;;
+  http) per_cycle=${PER_CYCLE:-128} ;;
+  *) echo "throughput: RUNNER must be null, http or notify" >&2; exit 64 ;;
+esac
+http_port=${HTTP_PORT:-18088}
 interval=${INTERVAL:-1s}
 log_level=${LOG_LEVEL:-info}
 timeout=${TIMEOUT:-600}
@@ -54,6 +64,33 @@ sql "INSERT INTO warp.work_items (agent_id, kind, due_at, idempotency_key, max_a
 # foreign-key checks of long-lived sessions plan sequential scans (see docs/BENCHMARKS.md).
 sql "VACUUM ANALYZE warp.agents, warp.work_items" >/dev/null
 
+# The runner every agent uses ("noop" is the agents' runner name whatever its transport), and
+# the receiving side of http and notify.
+case $runner in
+  null) runner_toml='transport = "null"' ;;
+  http)
+    runner_toml="transport = \"http\"
+url = \"http://127.0.0.1:$http_port/dispatch\"
+timeout = \"30s\""
+    "$root/examples/agents/http_agent.py" --port "$http_port" --mode respond --quiet \
+      >"$work/receiver.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 50); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$http_port") 2>/dev/null && break
+      sleep 0.1
+    done
+    ;;
+  notify)
+    # Handed-off dispatches stay in flight until the renewal after their completion.
+    runner_toml='transport = "notify"
+timeout = "5m"'
+    "$build/examples/listen_agent" "$bench_dsn" --work-ms 0 --quiet 1 >"$work/receiver.log" 2>&1 &
+    pids+=($!)
+    ;;
+esac
+renew=""
+[[ $runner == notify ]] && renew='renew_every = "1s"'
+
 for i in $(seq 1 "$instances"); do
   cat >"$work/warpd-$i.toml" <<TOML
 [daemon]
@@ -67,11 +104,12 @@ max_dispatch_per_cycle = $per_cycle
 max_inflight = $per_cycle
 [leasing]
 default_max_active = $bound
+$renew
 [log]
 level = "$log_level"
 format = "text"
 [runner.noop]
-transport = "null"
+$runner_toml
 TOML
   "$build/daemon/warpd" --config "$work/warpd-$i.toml" 2>"$work/warpd-$i.log" &
   pids+=($!)
@@ -105,4 +143,4 @@ seconds=$(sql "SELECT round(extract(epoch FROM max(released_at) - min(acquired_a
                  FROM warp.agent_leases")
 rate=$(awk -v n="$items" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }')
 cycles=$(sql "SELECT count(*) FROM warp.scheduler_runs WHERE (counts->>'dispatched')::int > 0")
-echo "warpd instances=$instances agents=$agents items=$items bound=$bound seconds=$seconds items_per_s=$rate cycles=$cycles"
+echo "warpd runner=$runner instances=$instances agents=$agents items=$items bound=$bound seconds=$seconds items_per_s=$rate cycles=$cycles"

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -139,6 +140,8 @@ struct RawRunner {
   Field<std::string> timeout;
   Field<std::string> kill_grace;
   Field<std::string> url;
+  Field<std::map<std::string, std::string>> headers;
+  Field<std::string> bearer_token_file;
   Field<std::string> channel;
 };
 
@@ -232,7 +235,8 @@ RawLog ReadLog(const TableReader& t) {
 
 RawRunner ReadRunner(const std::string& name, const TableReader& t) {
   // The union of every transport's keys; which belong to which transport is checked later.
-  t.RejectUnknownKeys({"transport", "command", "timeout", "kill_grace", "url", "channel"});
+  t.RejectUnknownKeys({"transport", "command", "timeout", "kill_grace", "url", "headers",
+                       "bearer_token_file", "channel"});
   return {TableOf(t),
           name,
           t.prefix(),
@@ -241,6 +245,8 @@ RawRunner ReadRunner(const std::string& name, const TableReader& t) {
           t.DurationText("timeout"),
           t.DurationText("kill_grace"),
           t.String("url"),
+          t.StringTable("headers"),
+          t.String("bearer_token_file"),
           t.String("channel")};
 }
 
@@ -532,9 +538,11 @@ class Compiler {
       }
     };
     reject_unless(raw.command, {Transport::kExec});
-    reject_unless(raw.timeout, {Transport::kExec, Transport::kHttp});
+    reject_unless(raw.timeout, {Transport::kExec, Transport::kHttp, Transport::kNotify});
     reject_unless(raw.kill_grace, {Transport::kExec});
     reject_unless(raw.url, {Transport::kHttp});
+    reject_unless(raw.headers, {Transport::kHttp});
+    reject_unless(raw.bearer_token_file, {Transport::kHttp});
     reject_unless(raw.channel, {Transport::kNotify});
 
     out.timeout = DurationOf(raw.timeout, out.timeout, kPositive);
@@ -570,12 +578,41 @@ class Compiler {
                  "must be an http:// or https:// URL (found " + Quoted(raw.url->value) + ")");
         }
         out.url = raw.url->value;
+        if (const auto rest = std::string_view(out.url).substr(out.url.find("://") + 3);
+            rest.empty() || rest.front() == '/' || rest.front() == ':') {
+          FailAt(*raw.url, "names no host (found " + Quoted(out.url) + ")");
+        }
+        if (raw.headers) {
+          for (const auto& [name, value] : raw.headers->value) {
+            if (!IsHeaderName(name) || IsReservedHeader(name)) {
+              Fail(file_, raw.headers->key_at, raw.headers->key + "." + name,
+                   "not a header warpd lets a runner set (a token; not Host, Content-Length, "
+                   "Content-Type, Connection, Transfer-Encoding, Authorization or "
+                   "Warp-Fencing-Token)");
+            }
+            if (value.find_first_of("\r\n") != std::string::npos) {
+              Fail(file_, raw.headers->key_at, raw.headers->key + "." + name,
+                   "must not contain a line break");
+            }
+          }
+          out.headers = raw.headers->value;
+        }
+        if (raw.bearer_token_file) {
+          if (raw.bearer_token_file->value.empty()) {
+            FailAt(*raw.bearer_token_file, "must not be empty");
+          }
+          // Relative to the config file, like store.fixtures.
+          out.bearer_token_file =
+              std::filesystem::path(file_).parent_path() / raw.bearer_token_file->value;
+        }
         break;
       case Transport::kNotify:
         out.channel = NonEmptyOf(raw.channel, out.channel);
-        // PostgreSQL truncates identifiers beyond 63 bytes; a listener would never match.
-        if (out.channel.size() > 63) {
-          FailAt(*raw.channel, "must be at most 63 characters");
+        // LISTEN folds an unquoted name to lower case, and PostgreSQL truncates identifiers
+        // beyond 63 bytes: any other channel name could never be listened to as written.
+        if (!IsChannelName(out.channel)) {
+          FailAt(*raw.channel,
+                 "must match [a-z_][a-z0-9_]{0,62} (found " + Quoted(out.channel) + ")");
         }
         break;
       case Transport::kNull:
@@ -641,6 +678,15 @@ class Compiler {
 
   /// The relations between keys, checked once every key is valid on its own.
   void CheckPairs(const RawConfig& raw, const Settings& s) const {
+    if (s.store.backend != StoreBackend::kPostgres) {
+      for (const auto& runner : raw.runners) {
+        if (runner.transport && runner.transport->value == "notify") {
+          FailAt(*runner.transport,
+                 "a notify runner needs store.backend = \"postgres\" (the notification is sent "
+                 "in the transaction that records the dispatch)");
+        }
+      }
+    }
     if (s.store.backend == StoreBackend::kPostgres && s.store.dsn.empty()) {
       if (raw.store.dsn) {
         FailAt(*raw.store.dsn, "must not be empty when store.backend is \"postgres\"");
@@ -712,6 +758,33 @@ class Compiler {
   }
 
  private:
+  static bool IsChannelName(std::string_view name) {
+    return !name.empty() && name.size() <= 63 && !IsDigit(name.front()) &&
+           std::all_of(name.begin(), name.end(),
+                       [](char c) { return (c >= 'a' && c <= 'z') || IsDigit(c) || c == '_'; });
+  }
+
+  /// An RFC 9110 token.
+  static bool IsHeaderName(std::string_view name) {
+    return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) != 0 ||
+             std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+    });
+  }
+
+  /// Headers warpd sets itself: a runner's `headers` table must not override them.
+  static bool IsReservedHeader(std::string_view name) {
+    std::string lower(name);
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    for (std::string_view reserved : {"host", "content-length", "content-type", "connection",
+                                      "transfer-encoding", "authorization", "warp-fencing-token"}) {
+      if (lower == reserved)
+        return true;
+    }
+    return false;
+  }
+
   static bool IsValidInstance(std::string_view name) { return IsValidInstanceName(name); }
 
   static std::string HostName() {

@@ -505,7 +505,7 @@ format = "json"
 }
 
 TEST(FullConfigTest, RunnersOfAllFourTransportsKeepTheirOwnKeys) {
-  const Settings s = LoadMemory(R"([runner.erp]
+  const Settings s = LoadString(R"([runner.erp]
 transport = "exec"
 command = ["/usr/bin/env", "", "x"]
 timeout = "90s"
@@ -515,21 +515,33 @@ kill_grace = "0s"
 transport = "http"
 url = "https://agents.example/dispatch"
 timeout = "5s"
+headers = { X-Tenant = "sales", "X-Trace" = "on" }
+bearer_token_file = "secrets/hook-token"
 
 [runner.listen]
 transport = "notify"
 channel = "warp_erp"
+timeout = "2m"
 
 [runner.noop]
 transport = "null"
-)");
+
+[store]
+backend = "postgres"
+dsn = "dbname=warp"
+)",
+                                "/etc/warp/warpd.toml");
   ASSERT_EQ(s.runners.size(), 4u);
   EXPECT_EQ(s.runners.at("erp").command, (std::vector<std::string>{"/usr/bin/env", "", "x"}));
   EXPECT_EQ(s.runners.at("erp").timeout, seconds(90));
   EXPECT_EQ(s.runners.at("erp").kill_grace, seconds(0));
   EXPECT_EQ(s.runners.at("hook").url, "https://agents.example/dispatch");
   EXPECT_EQ(s.runners.at("hook").timeout, seconds(5));
+  EXPECT_EQ(s.runners.at("hook").headers,
+            (std::map<std::string, std::string>{{"X-Tenant", "sales"}, {"X-Trace", "on"}}));
+  EXPECT_EQ(s.runners.at("hook").bearer_token_file, "/etc/warp/secrets/hook-token");
   EXPECT_EQ(s.runners.at("listen").channel, "warp_erp");
+  EXPECT_EQ(s.runners.at("listen").timeout, minutes(2));
   EXPECT_EQ(s.runners.at("noop").name, "noop");
   EXPECT_EQ(s.runners.at("noop").transport, Transport::kNull);
 }
@@ -739,9 +751,30 @@ url = "http://127.0.0.1/"
 command = ["/bin/true"]
 )",
      4, 1, "runner.hook.command", "not a key of a runner with transport \"http\""},
-    {"TimeoutOnANotifyRunnerIsRejected",
-     "[runner.listen]\ntransport = \"notify\"\n  timeout = \"1m\"\n", 3, 3, "runner.listen.timeout",
-     "not a key of a runner with transport \"notify\""},
+    {"KillGraceOnANotifyRunnerIsRejected",
+     "[runner.listen]\ntransport = \"notify\"\n  kill_grace = \"1m\"\n", 3, 3,
+     "runner.listen.kill_grace", "not a key of a runner with transport \"notify\""},
+    {"NotifyWithTheMemoryStoreIsRejectedAtTheTransport",
+     "[runner.listen]\ntransport = \"notify\"\n", 2, 13, "runner.listen.transport",
+     "needs store.backend = \"postgres\""},
+    {"NotifyChannelThatIsNoIdentifierIsRejected",
+     "[runner.listen]\ntransport = \"notify\"\nchannel = \"Warp-Dispatch\"\n", 3, 11,
+     "runner.listen.channel", "must match [a-z_][a-z0-9_]{0,62}"},
+    {"NotifyChannelStartingWithADigitIsRejected",
+     "[runner.listen]\ntransport = \"notify\"\nchannel = \"1x\"\n", 3, 11, "runner.listen.channel",
+     "must match"},
+    {"HeadersOnANullRunnerIsRejected",
+     "[runner.noop]\ntransport = \"null\"\nheaders = { a = \"b\" }\n", 3, 1, "runner.noop.headers",
+     "not a key of a runner with transport \"null\""},
+    {"HttpHeaderThatWarpdSetsItselfIsRejected",
+     "[runner.hook]\ntransport = \"http\"\nurl = \"http://h/\"\nheaders = { Warp-Fencing-Token = "
+     "\"1\" }\n",
+     4, 1, "runner.hook.headers.Warp-Fencing-Token", "not a header warpd lets a runner set"},
+    {"HttpHeaderWithANonStringValueIsRejected",
+     "[runner.hook]\ntransport = \"http\"\nurl = \"http://h/\"\nheaders = { X-A = 1 }\n", 4, 19,
+     "runner.hook.headers.X-A", "expected a string"},
+    {"HttpUrlWithoutAHostIsRejected", "[runner.hook]\ntransport = \"http\"\nurl = \"http:///x\"\n",
+     3, 7, "runner.hook.url", "names no host"},
     {"ChannelOnANullRunnerIsRejected", "[runner.noop]\ntransport = \"null\"\nchannel = \"x\"\n", 3,
      1, "runner.noop.channel", "not a key of a runner with transport \"null\""},
     {"EmptyNotifyChannelIsRejected", "[runner.listen]\ntransport = \"notify\"\nchannel = \"\"\n", 3,

@@ -75,11 +75,15 @@ enum class Transport { kExec, kHttp, kNotify, kNull };
 struct RunnerSettings {
   std::string name;
   Transport transport = Transport::kNull;
-  std::vector<std::string> command;                ///< exec: argv, non-empty, no shell
-  Duration timeout = std::chrono::minutes(10);     ///< exec, http
+  std::vector<std::string> command;  ///< exec: argv, non-empty, no shell
+  /// exec: the child's run time. http: the exchange, and then the time an agent that
+  /// accepted the work has to complete it. notify: the time the agent has to complete it.
+  Duration timeout = std::chrono::minutes(10);
   Duration kill_grace = std::chrono::seconds(10);  ///< exec: SIGTERM -> SIGKILL
-  std::string url;                                 ///< http
-  std::string channel = "warp_dispatch";           ///< notify
+  std::string url;                                 ///< http: http:// or https://
+  std::map<std::string, std::string> headers;      ///< http: extra request headers
+  std::filesystem::path bearer_token_file;         ///< http: "Authorization: Bearer <file>"
+  std::string channel = "warp_dispatch";           ///< notify: a lower-case SQL identifier
 };
 
 enum class Misfire { kRunOnce, kSkip };

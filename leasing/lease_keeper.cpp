@@ -53,6 +53,11 @@ void LeaseKeeper::Forget(store::LeaseId lease) {
   held_.erase(lease);
 }
 
+void LeaseKeeper::MarkHandedOff(store::LeaseId lease) {
+  if (auto it = held_.find(lease); it != held_.end())
+    it->second.handed_off = true;
+}
+
 void LeaseKeeper::ArmDeadline() {
   if (!running_ || held_.empty())
     return;
@@ -94,9 +99,17 @@ void LeaseKeeper::Lose(store::LeaseId id, const std::string& reason) {
     return;
   Held held = std::move(it->second);
   held_.erase(it);
-  log_.Warn(logging::Event::kLeaseLost,
-            {.agent = held.agent_slug, .lease_id = id, .fencing_token = held.ref.fencing_token},
-            "lease {} of agent {} lost: {}; stopping its work", id, held.agent_slug, reason);
+  if (held.handed_off) {
+    log_.Info(logging::Event::kLeaseReleased,
+              {.agent = held.agent_slug, .lease_id = id, .fencing_token = held.ref.fencing_token},
+              "lease {} of agent {} ended after the hand-off ({}): the agent completed the work, "
+              "or it expires and the work is retried",
+              id, held.agent_slug, reason);
+  } else {
+    log_.Warn(logging::Event::kLeaseLost,
+              {.agent = held.agent_slug, .lease_id = id, .fencing_token = held.ref.fencing_token},
+              "lease {} of agent {} lost: {}; stopping its work", id, held.agent_slug, reason);
+  }
   if (held.on_lost)
     held.on_lost(reason);
 }

@@ -44,6 +44,10 @@ class LeaseKeeper {
   void Hold(const store::Lease& lease, std::string agent_slug, OnLost on_lost);
   /// The work finished: stop renewing (the completion releases the lease).
   void Forget(store::LeaseId lease);
+  /// The agent took the work over and completes it itself (warp.complete_work): keep renewing,
+  /// and expect the lease to end by the agent's completion, so a refused renewal of it is
+  /// logged at info, not as a lost lease. on_lost is still called.
+  void MarkHandedOff(store::LeaseId lease);
 
   /// One renewal round now (the periodic loop calls this; tests call it directly).
   store::Task<void> RenewAll();
@@ -56,6 +60,7 @@ class LeaseKeeper {
     std::string agent_slug;
     OnLost on_lost;
     std::chrono::steady_clock::time_point local_deadline;  ///< last confirmed expiry, locally
+    bool handed_off = false;  ///< MarkHandedOff: the lease's end is expected
   };
 
   boost::asio::awaitable<void> Loop();

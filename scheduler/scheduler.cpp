@@ -285,9 +285,12 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
         c.verdict = store::Decision::kSkippedCapability;
         c.reason = fmt::format("kind '{}' is not an operation of tool profile '{}'", item.kind,
                                agent.tool_profile_id);
-      } else if (!runners_.contains(agent.runner)) {
+      } else if (auto runner = runners_.find(agent.runner); runner == runners_.end()) {
         c.verdict = store::Decision::kFailed;
         c.reason = fmt::format("runner '{}' is not configured", agent.runner);
+      } else {
+        // The notify transport's notification is part of the claim's transaction.
+        c.notify_channel = runner->second->notify_channel();
       }
       batch.candidates.push_back(std::move(c));
     }
@@ -369,9 +372,19 @@ void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Ag
     auto it = inflight_.find(lease_id);
     if (it == inflight_.end())
       return;
-    it->second.stop_reason = "lease lost: " + reason;
+    it->second.stop_reason = (it->second.handed_off ? "lease ended: " : "lease lost: ") + reason;
     it->second.execution->Stop(it->second.stop_reason);
   });
+  // An agent that takes the work over (http: 2xx without an outcome; notify: always) completes
+  // it itself: the execution stays open and the lease renewed until the lease ends (released
+  // by the agent's completion, or lost) or the runner's timeout.
+  request.on_handed_off = [this, lease_id] {
+    auto it = inflight_.find(lease_id);
+    if (it == inflight_.end())
+      return;
+    it->second.handed_off = true;
+    lease_keeper_.MarkHandedOff(lease_id);
+  };
   auto& entry = inflight_[lease_id];
   entry.request = request;
   entry.runner = runner;
@@ -405,6 +418,15 @@ store::Task<void> Scheduler::RecordCompletions() {
       // A Stop that came after the work had finished (e.g. the lease was lost while the
       // daemon was frozen, after its child exited) stopped nothing: the runner reports the
       // real outcome, and the store's fencing accepts or refuses it.
+      if (!it->second.stop_reason.empty() &&
+          done.second.status == DispatchResult::Status::kStopped && it->second.handed_off) {
+        // The agent had taken the work over; its own warp.complete_work (or the lease's
+        // expiry and the requeue) decides the work's fate. The lease keeper logged the end.
+        log_.Debug(Event::kDispatchFinished, FieldsOf(r),
+                   "work {}: the dispatch handed off to {} ended ({})", r.work_id, r.agent_slug,
+                   it->second.stop_reason);
+        continue;
+      }
       if (!it->second.stop_reason.empty() &&
           done.second.status == DispatchResult::Status::kStopped) {
         // We stopped it (lost lease, shutdown): its lease is left to expire and the work

@@ -95,6 +95,7 @@ class Scheduler {
     std::shared_ptr<Runner> runner;  // keeps a replaced runner alive until its work ends
     std::shared_ptr<Execution> execution;
     std::string stop_reason;  // set when we stopped it: no completion is reported then
+    bool handed_off = false;  // the agent completes the work itself (on_handed_off)
   };
 
   store::Task<CycleReport> RunCycleUnguarded(std::optional<std::int64_t> slot, CycleReport& report);

@@ -1,5 +1,6 @@
 #include "scheduler/scheduler.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <set>
@@ -520,6 +521,56 @@ TEST_F(SchedulerTest, ExecWorkWhoseLeaseIsLostIsKilled) {
   EXPECT_EQ(scheduler_->inflight(), 0u) << "the child was killed and reaped";
   EXPECT_LT(std::chrono::steady_clock::now() - started, 5s);
   EXPECT_EQ(Work(item.work_item_id).state, WorkState::kDispatched);
+}
+
+TEST_F(SchedulerTest, AHandedOffDispatchIsRenewedUntilTheAgentsOwnCompletionEndsItsLease) {
+  Build();
+  Agent("erp-sales");
+  const auto item = Enqueue("erp-sales");
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 1u);
+  auto& d = runner_->dispatches[0];
+  ASSERT_TRUE(d.request.on_handed_off);
+  d.request.on_handed_off();  // the agent accepted the work (http 2xx; notify)
+
+  // Still in flight, and its lease renewed.
+  test::Await(io_, keeper_->RenewAll());
+  EXPECT_EQ(scheduler_->inflight(), 1u);
+  EXPECT_EQ(keeper_->held(), 1u);
+  EXPECT_TRUE(d.stop_reason.empty());
+
+  // The agent completes through the fencing check itself (warp.complete_work).
+  store::Completion completion;
+  completion.lease = {d.request.lease_id, d.request.fencing_token};
+  completion.outcome = store::Outcome::kDone;
+  store::RetryPolicy retry;
+  const auto verdict = test::Await(io_, store_.CompleteWork(completion, retry));
+  EXPECT_TRUE(verdict.accepted());
+
+  // The next renewal finds the lease released: the execution is stopped and warpd records
+  // nothing more for it.
+  test::Await(io_, keeper_->RenewAll());
+  Settle();
+  EXPECT_THAT(d.stop_reason, testing::HasSubstr("lease ended"));
+  EXPECT_EQ(scheduler_->inflight(), 0u);
+  EXPECT_EQ(keeper_->held(), 0u);
+  EXPECT_EQ(Work(item.work_item_id).state, WorkState::kDone);
+}
+
+TEST_F(SchedulerTest, AHandedOffDispatchThatTimesOutIsFailedWithRetryThroughTheFencingCheck) {
+  Build();
+  Agent("erp-sales");
+  const auto item = Enqueue("erp-sales");
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 1u);
+  runner_->dispatches[0].request.on_handed_off();
+  DispatchResult timed_out{DispatchResult::Status::kTimedOut, "not completed in time", true, true};
+  runner_->Finish(0, timed_out);
+  Settle();
+  EXPECT_EQ(scheduler_->inflight(), 0u);
+  const auto work = Work(item.work_item_id);
+  EXPECT_EQ(work.state, WorkState::kFailed);
+  EXPECT_EQ(work.last_error, "not completed in time");
 }
 
 }  // namespace

@@ -83,6 +83,10 @@ struct DispatchCandidate {
   int max_active = 1;               ///< the agent's lease bound
   std::optional<Decision> verdict;  ///< a decision already taken (skips)
   std::string reason;
+  /// Non-empty: when this candidate is dispatched, pg_notify(notify_channel, dispatch notice)
+  /// in the same transaction that records it (the notify runner). Only the PostgreSQL store
+  /// can; the memory store throws StoreError(kInvalid) for it.
+  std::string notify_channel;
 };
 
 struct DispatchBatch {

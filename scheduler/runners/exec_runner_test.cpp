@@ -404,7 +404,7 @@ TEST(NullRunnerTest, CompletesDoneOnTheExecutorNotInsideStart) {
   execution->Stop("harmless");
 }
 
-TEST(MakeRunnerTest, BuildsExecAndNullAndRefusesUnavailableTransports) {
+TEST(MakeRunnerTest, BuildsEveryTransportAndNamesTheRunnerInItsErrors) {
   boost::asio::io_context io;
   config::RunnerSettings settings;
   settings.name = "hook";
@@ -413,16 +413,21 @@ TEST(MakeRunnerTest, BuildsExecAndNullAndRefusesUnavailableTransports) {
   settings.transport = config::Transport::kExec;
   settings.command = {"/bin/true"};
   EXPECT_NE(MakeRunner(settings, io.get_executor(), {}), nullptr);
+  settings.transport = config::Transport::kNotify;
+  const auto notify = MakeRunner(settings, io.get_executor(), {});
+  EXPECT_EQ(notify->notify_channel(), "warp_dispatch");
 
   settings.transport = config::Transport::kHttp;
+  settings.url = "http://127.0.0.1:8080/dispatch";
+  const auto http = MakeRunner(settings, io.get_executor(), {});
+  EXPECT_EQ(http->notify_channel(), "");
+  settings.url = "http://127.0.0.1:99999/";
   try {
     MakeRunner(settings, io.get_executor(), {});
-    ADD_FAILURE() << "http was accepted";
+    ADD_FAILURE() << "a bad port was accepted";
   } catch (const std::invalid_argument& e) {
-    EXPECT_STREQ(e.what(), "runner 'hook': transport http is not available in this build");
+    EXPECT_STREQ(e.what(), "runner 'hook': bad port in URL: http://127.0.0.1:99999/");
   }
-  settings.transport = config::Transport::kNotify;
-  EXPECT_THROW(MakeRunner(settings, io.get_executor(), {}), std::invalid_argument);
 }
 
 TEST(DispatchStatusTest, HasStableNames) {

@@ -7,6 +7,8 @@
 #include <stdexcept>
 
 #include "scheduler/runners/exec_runner.hpp"
+#include "scheduler/runners/http_runner.hpp"
+#include "scheduler/runners/notify_runner.hpp"
 #include "scheduler/runners/null_runner.hpp"
 
 namespace warp::scheduler {
@@ -30,19 +32,21 @@ std::string_view ToString(DispatchResult::Status s) {
 
 std::unique_ptr<Runner> MakeRunner(const config::RunnerSettings& settings,
                                    boost::asio::any_io_executor executor, logging::Logger log) {
-  auto unavailable = [&](std::string_view transport) {
-    return std::invalid_argument(fmt::format(
-        "runner '{}': transport {} is not available in this build", settings.name, transport));
-  };
   switch (settings.transport) {
     case config::Transport::kExec:
       return std::make_unique<ExecRunner>(settings, std::move(executor), std::move(log));
     case config::Transport::kNull:
       return std::make_unique<NullRunner>(std::move(executor));
     case config::Transport::kHttp:
-      throw unavailable("http");
+      try {
+        return std::make_unique<HttpRunner>(settings, std::move(executor), std::move(log));
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(fmt::format("runner '{}': {}", settings.name, e.what()));
+      } catch (const std::runtime_error& e) {
+        throw std::runtime_error(fmt::format("runner '{}': {}", settings.name, e.what()));
+      }
     case config::Transport::kNotify:
-      throw unavailable("notify");
+      return std::make_unique<NotifyRunner>(settings, std::move(executor), std::move(log));
   }
   throw std::invalid_argument(fmt::format("runner '{}': unknown transport", settings.name));
 }

@@ -25,6 +25,12 @@ struct DispatchRequest {
   store::FencingToken fencing_token = 0;
   std::string cycle_id;
   store::TimePoint lease_expires_at;  ///< store (database) time
+  /// Optional. Called at most once, on the runner's executor, when the agent has acknowledged
+  /// the work and will complete it itself through warp.complete_work (http: a 2xx without an
+  /// outcome; notify: at once). The execution then stays open, and its lease renewed, until
+  /// Stop() (the lease ended: the agent's completion released it, or it expired) or the
+  /// runner's timeout (kTimedOut, a retryable failure, completed through the fencing check).
+  std::function<void()> on_handed_off;
 };
 
 struct DispatchResult {
@@ -38,6 +44,9 @@ struct DispatchResult {
   Status status = Status::kDone;
   std::string detail;  ///< one line for logs and last_error ("exit status 3", "killed by SIGKILL")
   bool retry = true;   ///< false: the failure is final (e.g. HTTP 4xx)
+  /// The agent had acknowledged the work (see DispatchRequest::on_handed_off) before this
+  /// result ended the execution; with kStopped the runner's part was over long before.
+  bool handed_off = false;
 };
 
 std::string_view ToString(DispatchResult::Status s);
@@ -59,10 +68,14 @@ class Runner {
   /// Starts the dispatch. `on_done` runs exactly once on the runner's executor, never from
   /// inside Start itself.
   virtual std::shared_ptr<Execution> Start(DispatchRequest request, OnDone on_done) = 0;
+  /// Non-empty for the notify transport: the channel the store notifies on, inside the
+  /// transaction that records a dispatch of this runner (DispatchCandidate::notify_channel).
+  virtual std::string notify_channel() const { return {}; }
 };
 
 /// Builds the runner that `settings` describes. Throws std::invalid_argument for a transport
-/// this build cannot serve.
+/// this build cannot serve or a URL it cannot use, std::runtime_error when a file the runner
+/// reads (http: bearer_token_file) cannot be read.
 std::unique_ptr<Runner> MakeRunner(const config::RunnerSettings& settings,
                                    boost::asio::any_io_executor executor, logging::Logger log);
 

@@ -284,6 +284,11 @@ Task<std::vector<DispatchClaim>> MemoryStore::ClaimDispatches(DispatchBatch batc
   // Check every candidate before changing anything: the batch is one transaction, so an
   // unknown item late in it must not leave the leases of earlier candidates behind.
   for (const auto& c : batch.candidates) {
+    if (!c.notify_channel.empty()) {
+      throw StoreError(StoreError::Kind::kInvalid,
+                       "the memory store cannot notify (channel " + c.notify_channel +
+                           "): the notify transport needs the PostgreSQL store");
+    }
     auto wit = work_.find(c.work_item_id);
     if (wit == work_.end() || !agents_.contains(c.agent_id) || wit->second.agent_id != c.agent_id) {
       throw StoreError(StoreError::Kind::kNotFound, "work item " + std::to_string(c.work_item_id) +

@@ -155,6 +155,15 @@ constexpr const char* kClaimDispatches =
     "FROM warp.claim_dispatches($1::bigint, $2, $3, " WARP_MS("$4") ", $5::bigint[], "
     "$6::bigint[], $7::integer[], $8::text[], $9::text[], " WARP_MS("$10") ", " WARP_MS("$11") ")";
 
+// The same with per-candidate notify channels (the notify runner; migration *_notify.sql):
+// pg_notify in the claim's own transaction.
+constexpr const char* kClaimDispatchesNotify =
+    "SELECT idx, recorded, decision, reason, attempt, " WARP_US("at") " AS at_us, lease_id, "
+    "fencing_token, " WARP_US("expires_at") " AS expires_us "
+    "FROM warp.claim_dispatches($1::bigint, $2, $3, " WARP_MS("$4") ", $5::bigint[], "
+    "$6::bigint[], $7::integer[], $8::text[], $9::text[], " WARP_MS("$10") ", " WARP_MS("$11") ", "
+    "$12::text[])";
+
 constexpr const char* kRenewLeases =
     "SELECT lease_id, " WARP_US("expires_at") " AS expires_us "
     "FROM warp.renew_leases($1::bigint[], $2::bigint[], " WARP_MS("$3") ")";
@@ -559,7 +568,11 @@ Task<std::vector<DispatchClaim>> PostgresStore::ClaimDispatches(DispatchBatch ba
   std::vector<std::int64_t> bounds;
   std::vector<std::optional<std::string>> verdicts;
   std::vector<std::optional<std::string>> reasons;
+  std::vector<std::optional<std::string>> channels;
+  bool notify = false;
   for (const auto& c : batch.candidates) {
+    channels.push_back(Optional(c.notify_channel));
+    notify = notify || !c.notify_channel.empty();
     items.push_back(c.work_item_id);
     agents.push_back(c.agent_id);
     bounds.push_back(c.max_active);
@@ -572,7 +585,9 @@ Task<std::vector<DispatchClaim>> PostgresStore::ClaimDispatches(DispatchBatch ba
                 Ms(batch.lease_ttl),          ArrayLiteral(items),    ArrayLiteral(agents),
                 ArrayLiteral(bounds),         ArrayLiteral(verdicts), ArrayLiteral(reasons),
                 Ms(policy.backoff),           Ms(policy.backoff_max)};
-  auto r = co_await Query(kClaimDispatches, std::move(params));
+  if (notify)
+    params.push_back(ArrayLiteral(channels));
+  auto r = co_await Query(notify ? kClaimDispatchesNotify : kClaimDispatches, std::move(params));
 
   std::vector<std::int64_t> recorded_items;
   for (int i = 0; i < r.rows(); ++i) {
