@@ -263,6 +263,8 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
     for (auto& p : co_await store_.ListToolProfiles())
       profiles[p.tool_profile_id] = std::move(p);
 
+    // The runners of this cycle, kept for its whole claim (Reconfigure swaps runners_).
+    const RunnerSet runners = runners_;
     store::DispatchBatch batch{
         report.run_id,           report.cycle_id, daemon_.instance, leasing_.ttl, {},
         RetryPolicyOf(settings_)};
@@ -285,7 +287,7 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
         c.verdict = store::Decision::kSkippedCapability;
         c.reason = fmt::format("kind '{}' is not an operation of tool profile '{}'", item.kind,
                                agent.tool_profile_id);
-      } else if (auto runner = runners_.find(agent.runner); runner == runners_.end()) {
+      } else if (auto runner = runners.find(agent.runner); runner == runners.end()) {
         c.verdict = store::Decision::kFailed;
         c.reason = fmt::format("runner '{}' is not configured", agent.runner);
       } else {
@@ -306,7 +308,7 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
       chunk.candidates.assign(all.begin() + static_cast<std::ptrdiff_t>(from),
                               all.begin() + static_cast<std::ptrdiff_t>(to));
       auto claims = co_await store_.ClaimDispatches(std::move(chunk));
-      Account(claims, report, by_id);
+      Account(claims, report, by_id, runners);
     }
   }
 
@@ -315,7 +317,8 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
 }
 
 void Scheduler::Account(const std::vector<store::DispatchClaim>& claims, CycleReport& report,
-                        const std::unordered_map<store::AgentId, const store::Agent*>& by_id) {
+                        const std::unordered_map<store::AgentId, const store::Agent*>& by_id,
+                        const RunnerSet& runners) {
   auto& counts = report.counts;
   for (const auto& claim : claims) {
     if (!claim.recorded)
@@ -323,7 +326,7 @@ void Scheduler::Account(const std::vector<store::DispatchClaim>& claims, CycleRe
     switch (claim.decision.decision) {
       case store::Decision::kDispatched:
         ++counts.dispatched;
-        StartDispatch(claim, *by_id.at(claim.decision.agent_id));
+        StartDispatch(claim, *by_id.at(claim.decision.agent_id), runners);
         break;
       case store::Decision::kDeferredLeaseHeld:
       case store::Decision::kDeferredContended:
@@ -346,7 +349,8 @@ void Scheduler::Account(const std::vector<store::DispatchClaim>& claims, CycleRe
   }
 }
 
-void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent) {
+void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent,
+                              const RunnerSet& runners) {
   const store::Lease& lease = *claim.lease;
   const store::WorkItem& item = *claim.item;
   DispatchRequest request{agent.agent_slug,        item.work_item_id, item.kind,
@@ -366,7 +370,7 @@ void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Ag
             item.work_item_id, item.kind, agent.agent_slug, lease.lease_id, lease.fencing_token,
             item.attempts, item.max_attempts);
 
-  auto runner = runners_.at(agent.runner);
+  auto runner = runners.at(agent.runner);
   const auto lease_id = lease.lease_id;
   lease_keeper_.Hold(lease, agent.agent_slug, [this, lease_id](std::string reason) {
     auto it = inflight_.find(lease_id);
@@ -513,6 +517,16 @@ store::Task<bool> Scheduler::WaitIdle(std::chrono::steady_clock::time_point dead
 store::Task<void> Scheduler::Drain(store::Duration grace) {
   ticking_ = false;
   tick_timer_.cancel();
+  // Work handed off to its agent (an accepted http dispatch, a notify dispatch) needs nothing
+  // more from warpd: the agent completes it through warp.complete_work within its lease, or
+  // the lease expires and the work returns to pending. Waiting the grace for it would only
+  // delay the stop.
+  for (auto& [id, entry] : inflight_) {
+    if (entry.handed_off && entry.stop_reason.empty()) {
+      entry.stop_reason = "shutdown: the agent completes handed-off work itself";
+      entry.execution->Stop(entry.stop_reason);
+    }
+  }
   if (!co_await WaitIdle(SteadyClock::now() + grace)) {
     log_.Warn(Event::kDaemonStopping, {},
               "shutdown grace of {}ms elapsed with {} dispatch(es) running; stopping them",

@@ -100,9 +100,14 @@ class Scheduler {
 
   store::Task<CycleReport> RunCycleUnguarded(std::optional<std::int64_t> slot, CycleReport& report);
   /// Counts a chunk's recorded decisions into the report and starts its dispatches.
+  /// `runners` is the set the cycle's candidates were built with: a reload while the claim
+  /// runs must not hand a claimed dispatch to another transport (a notify dispatch's notice
+  /// is already part of the claim).
   void Account(const std::vector<store::DispatchClaim>& claims, CycleReport& report,
-               const std::unordered_map<store::AgentId, const store::Agent*>& by_id);
-  void StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent);
+               const std::unordered_map<store::AgentId, const store::Agent*>& by_id,
+               const RunnerSet& runners);
+  void StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent,
+                     const RunnerSet& runners);
   /// Queues a finished dispatch; completions that arrive while a batch is being recorded go
   /// into the next batch (one store round trip per batch, not per dispatch).
   void FinishDispatch(store::LeaseId lease_id, DispatchResult result);

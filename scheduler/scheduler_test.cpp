@@ -494,6 +494,26 @@ TEST_F(SchedulerTest, DrainStopsWorkStillRunningAfterTheGraceAndLeavesItsLease) 
   EXPECT_EQ(active[0].work_item_id, runner_->dispatches[1].request.work_id);
 }
 
+TEST_F(SchedulerTest, DrainDoesNotWaitTheGraceForWorkHandedOffToItsAgent) {
+  Build();
+  Agent("erp-sales", 2);
+  Enqueue("erp-sales");
+  Enqueue("erp-sales");
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 2u);
+  runner_->dispatches[0].request.on_handed_off();  // the agent took it over (http 2xx, notify)
+  runner_->Finish(1, {DispatchResult::Status::kDone, "", true});
+  const auto started = std::chrono::steady_clock::now();
+  test::Await(io_, scheduler_->Drain(30s));
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 5s) << "no wait for the 30 s grace";
+  EXPECT_THAT(runner_->dispatches[0].stop_reason, testing::HasSubstr("handed-off"));
+  EXPECT_EQ(scheduler_->inflight(), 0u);
+  // Nothing recorded for it: the agent's own completion (or the lease's expiry) decides.
+  auto active = test::Await(io_, store_.ListLeases(std::nullopt, true));
+  ASSERT_EQ(active.size(), 1u);
+  EXPECT_EQ(active[0].work_item_id, runner_->dispatches[0].request.work_id);
+}
+
 TEST_F(SchedulerTest, ExecWorkWhoseLeaseIsLostIsKilled) {
   settings_.runners["exec"] = config::RunnerSettings{.name = "exec",
                                                      .transport = config::Transport::kExec,

@@ -169,7 +169,11 @@ TEST_F(RunnersPg, ADeferredCandidateIsNotNotified) {
 
 TEST_F(RunnersPg, ARolledBackClaimSendsNoNotification) {
   Sql(warpd(), "BEGIN");
-  Claim("{warp_dispatch,warp_dispatch,warp_dispatch}");
+  // The claim dispatches (and queues its notices) inside the transaction...
+  EXPECT_EQ(Claim("{warp_dispatch,warp_dispatch,warp_dispatch}"),
+            (std::vector<std::string>{"true:dispatched", "true:dispatched", "true:dispatched"}));
+  EXPECT_EQ(Sql(warpd(), "SELECT count(*) FROM warp.agent_leases"), std::vector<std::string>{"3"});
+  // ...which then rolls back: no lease and no notice survive it.
   Sql(warpd(), "ROLLBACK");
   EXPECT_TRUE(Notifications(agent()).empty());
   EXPECT_EQ(Sql(warpd(), "SELECT count(*) FROM warp.agent_leases"), std::vector<std::string>{"0"});

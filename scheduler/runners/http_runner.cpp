@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -61,6 +62,11 @@ Url ParseUrl(const std::string& text) {
     rest.remove_prefix(7);
   } else {
     throw std::invalid_argument("not an http:// or https:// URL: " + text);
+  }
+  // Control characters and spaces would reach the request line and the Host header.
+  if (std::any_of(text.begin(), text.end(),
+                  [](char c) { return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f; })) {
+    throw std::invalid_argument("a URL must not contain spaces or control characters");
   }
   const auto end = rest.find_first_of("/?#");
   const std::string_view authority = rest.substr(0, end);
@@ -265,17 +271,26 @@ struct HttpRunner::Shared {
   }
 
   /// A pooled connection young enough to reuse, or null.
+  /// Stale ones are closed; their slots beyond the one the caller may use wake waiters.
   std::unique_ptr<Connection> TakeIdle() {
     auto& pool = idle[url.pool_key];
-    while (!pool.empty()) {
+    std::unique_ptr<Connection> fresh;
+    std::size_t closed = 0;
+    while (!pool.empty() && !fresh) {
       auto conn = std::move(pool.back());
       pool.pop_back();
-      if (SteadyClock::now() - conn->idle_since < kHttpIdleFor)
-        return conn;
-      conn->Close();
-      --open;  // the caller may open one in its place
+      if (SteadyClock::now() - conn->idle_since < kHttpIdleFor) {
+        fresh = std::move(conn);
+      } else {
+        conn->Close();
+        --open;
+        ++closed;
+      }
     }
-    return nullptr;
+    // Without a fresh connection the caller opens one in a freed slot; the others are spare.
+    for (std::size_t spare = fresh ? closed : (closed > 0 ? closed - 1 : 0); spare > 0; --spare)
+      WakeOne();
+    return fresh;
   }
 
   void GiveBack(std::unique_ptr<Connection> conn) {
@@ -452,8 +467,12 @@ class HttpExecution final : public Execution, public std::enable_shared_from_thi
     co_await conn->lowest().async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
     if (!ec && url.tls) {
       auto& tls = *conn->tls;
-      // SNI, and the name the certificate must carry.
-      if (::SSL_set_tlsext_host_name(tls.native_handle(), url.host.c_str()) != 1) {
+      // SNI (a host name only: RFC 6066 forbids address literals), and the name the
+      // certificate must carry.
+      boost::system::error_code not_an_address;
+      (void)asio::ip::make_address(url.host, not_an_address);
+      if (not_an_address &&
+          ::SSL_set_tlsext_host_name(tls.native_handle(), url.host.c_str()) != 1) {
         ec = boost::system::error_code(static_cast<int>(::ERR_get_error()),
                                        asio::error::get_ssl_category());
       } else {
@@ -547,15 +566,21 @@ class HttpExecution final : public Execution, public std::enable_shared_from_thi
     for (int attempt = 0;; ++attempt) {
       std::unique_ptr<Connection> conn;
       bool reused = false;
+      bool waited = false;
       for (;;) {
-        if (stopped_ || timed_out_)
+        if (stopped_ || timed_out_) {
+          // A wake-up this exchange received but no longer uses goes to the next waiter.
+          if (waited)
+            shared_->WakeOne();
           co_return ExchangeOutcome{};  // Interrupted() tells which
+        }
         conn = shared_->TakeIdle();
         reused = conn != nullptr;
         if (conn || shared_->open < kHttpConnectionsPerHost)
           break;
         // At the bound: wait until a connection is returned or closed (or Stop / deadline).
         co_await WaitForConnection();
+        waited = true;
       }
       if (!conn) {
         ++shared_->open;  // reserved before connecting, so concurrent connects stay bounded
