@@ -9,6 +9,14 @@ import statistics
 import sys
 
 
+def is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def main(path):
     figures = {}
     order = []
@@ -21,7 +29,8 @@ def main(path):
             name = tuple(w for w in words if "=" not in w)
             fields = [w.split("=", 1) for w in words if "=" in w]
             ident = name + tuple(f"{k}={v}" for k, v in fields
-                                 if k in ("instances", "clients", "agents", "jobs", "bound"))
+                                 if k in ("instances", "clients", "agents", "jobs", "bound")
+                                 or not is_number(v))
             values = figures.setdefault(ident, {})
             if ident not in order:
                 order.append(ident)
@@ -33,7 +42,7 @@ def main(path):
     for ident in order:
         parts = []
         for k, vs in figures[ident].items():
-            if f"{k}=" in " ".join(ident):
+            if f"{k}=" in " ".join(ident) or not vs:
                 continue
             m = statistics.median(vs)
             text = f"{m:.0f}" if m >= 100 else f"{m:.3g}"
