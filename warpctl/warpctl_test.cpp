@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "migrations/testdb/scratch_database.hpp"
+#include "tests/support/sockets.hpp"
 
 namespace warp::warpctl {
 namespace {
@@ -30,6 +31,8 @@ using testing::HasSubstr;
 using warp::migrations::testdb::kNoTestDsn;
 using warp::migrations::testdb::ScratchDatabase;
 using warp::migrations::testdb::TestDsn;
+using warp::test::ClosedPort;
+using warp::test::SilentServer;
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -126,42 +129,6 @@ class WarpctlProcess {
   Clock::time_point started_;
   fs::path out_path_;
   fs::path err_path_;
-};
-
-/// A loopback port nothing listens on (bound, then released).
-int ClosedPort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-  socklen_t length = sizeof address;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
-
-/// A loopback listener that completes TCP handshakes but never answers: a hung server.
-class SilentServer {
- public:
-  SilentServer() : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address);
-    ::listen(fd_, 16);
-    socklen_t length = sizeof address;
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length);
-    port_ = ntohs(address.sin_port);
-  }
-  ~SilentServer() { ::close(fd_); }
-  SilentServer(const SilentServer&) = delete;
-  SilentServer& operator=(const SilentServer&) = delete;
-  int port() const { return port_; }
-
- private:
-  int fd_;
-  int port_ = 0;
 };
 
 /// `text` as a TOML basic string.
