@@ -11,11 +11,11 @@ SELECT coalesce(array_agg(s.work_item_id ORDER BY s.work_item_id), '{}') AS ids,
        coalesce(array_agg(s.agent_id ORDER BY s.work_item_id), '{}') AS agents,
        coalesce(array_agg(s.attempts + 1 ORDER BY s.work_item_id), '{}') AS attempts
   FROM (SELECT w.work_item_id, w.agent_id, w.attempts
-          FROM warp.work_items w
-         WHERE w.state IN ('pending', 'failed') AND w.due_at <= warp.now()
-         ORDER BY w.priority DESC, w.due_at, w.work_item_id
+          FROM warp.work_queue q JOIN warp.work_items w USING (work_item_id)
+         WHERE q.state IN ('pending', 'failed') AND q.due_at <= warp.now()
+         ORDER BY q.priority DESC, q.due_at, q.work_item_id
          LIMIT :batch::integer
-           FOR UPDATE SKIP LOCKED) AS s
+           FOR UPDATE OF w SKIP LOCKED) AS s
 \gset
 -- 2. Try the advisory lock of each distinct agent; keep the agents whose lock we got.
 SELECT coalesce(array_agg(d.agent), '{}') AS locked
@@ -33,9 +33,8 @@ SELECT coalesce(array_agg(c.item ORDER BY c.item), '{}') AS ids,
                AS u(item, agent, attempt)
          WHERE u.agent = ANY (:locked::bigint[])) AS c
   LEFT JOIN (SELECT l.agent_id, count(*) AS n
-               FROM warp.agent_leases l
-              WHERE l.agent_id = ANY (:locked::bigint[])
-                AND l.released_at IS NULL AND l.expires_at > warp.now()
+               FROM warp.open_leases l
+              WHERE l.agent_id = ANY (:locked::bigint[]) AND l.expires_at > warp.now()
               GROUP BY l.agent_id) AS a ON a.agent_id = c.agent
  WHERE coalesce(a.n, 0) + c.nth <= :bound::integer
 \gset

@@ -3,7 +3,9 @@
 # scripts, the minimal SQL that warpd does for one work item, and we report how many work items
 # per second the database pushes through it.
 #
-# Per item, as warpd does (migrations/0001_init.sql, warp.claim_dispatches / warp.finish_work):
+# Per item, as warpd does (migrations/0007_hot_dispatch.sql, warp.claim_dispatches /
+# warp.finish_work_batch; due items are read from warp.work_queue and active leases from
+# warp.open_leases, which the tables' triggers keep, as for warpd):
 #   transaction 1 (dispatch): claim a due item (FOR UPDATE SKIP LOCKED), try the agent's advisory
 #     lock (warp.agent_lock_key), count the agent's active leases, bump its fencing counter,
 #     insert the lease, insert the dispatch decision, mark the item dispatched;

@@ -11,17 +11,17 @@ BEGIN;
 SELECT coalesce(max(s.work_item_id), 0) AS item, coalesce(max(s.agent_id), 0) AS agent,
        coalesce(max(s.attempts), 0) + 1 AS attempt
   FROM (SELECT w.work_item_id, w.agent_id, w.attempts
-          FROM warp.work_items w
-         WHERE w.state IN ('pending', 'failed') AND w.due_at <= warp.now()
-         ORDER BY w.priority DESC, w.due_at, w.work_item_id
+          FROM warp.work_queue q JOIN warp.work_items w USING (work_item_id)
+         WHERE q.state IN ('pending', 'failed') AND q.due_at <= warp.now()
+         ORDER BY q.priority DESC, q.due_at, q.work_item_id
          LIMIT 1
-           FOR UPDATE SKIP LOCKED) AS s
+           FOR UPDATE OF w SKIP LOCKED) AS s
 \gset
 SELECT pg_try_advisory_xact_lock(warp.agent_lock_key(:agent::bigint))::integer AS locked
 \gset
 SELECT count(*) AS active
-  FROM warp.agent_leases l
- WHERE l.agent_id = :agent::bigint AND l.released_at IS NULL AND l.expires_at > warp.now()
+  FROM warp.open_leases l
+ WHERE l.agent_id = :agent::bigint AND l.expires_at > warp.now()
 \gset
 \if :item > 0 and :locked = 1 and :active < :bound
 UPDATE warp.agents SET fencing_counter = fencing_counter + 1

@@ -100,23 +100,31 @@ constexpr const char* kWorkByIds =
 constexpr const char* kListWork = "SELECT " WARP_WORK_COLUMNS
                                   " FROM warp.work_items WHERE $1::text IS NULL OR state = $1 "
                                   "ORDER BY work_item_id";
-// The scan is served by the partial index work_items_due, the room per agent by
-// agent_leases_active: the cost follows the limit, not the table.
+// The scan reads the narrow rows of warp.work_queue through its partial index work_queue_due
+// and the room per agent from warp.open_leases; only the chosen items are read from
+// work_items. The cost follows the limit, not the tables.
 constexpr const char* kSelectDueWork =
     "WITH due AS ("
-    " SELECT s.*, row_number() OVER (PARTITION BY s.agent_id "
-    "                                ORDER BY s.priority DESC, s.due_at, s.work_item_id) AS nth"
-    " FROM (SELECT * FROM warp.work_items"
+    " SELECT q.work_item_id, q.agent_id, q.priority, q.due_at, row_number() OVER ("
+    "   PARTITION BY q.agent_id ORDER BY q.priority DESC, q.due_at, q.work_item_id) AS nth"
+    " FROM (SELECT work_item_id, agent_id, priority, due_at FROM warp.work_queue"
     "       WHERE state IN ('pending', 'failed') AND due_at <= warp.now()"
-    "       ORDER BY priority DESC, due_at, work_item_id LIMIT $1::integer * $3::integer) s), "
+    "       ORDER BY priority DESC, due_at, work_item_id LIMIT $1::integer * $3::integer) q), "
+    "busy AS ("
+    " SELECT o.agent_id, count(*) AS n FROM warp.open_leases o"
+    " WHERE o.agent_id IN (SELECT agent_id FROM due) AND o.expires_at > warp.now()"
+    " GROUP BY o.agent_id), "
     "room AS ("
     " SELECT a.agent_id, greatest(1, coalesce(a.max_active_leases, $2::integer) - "
-    "   (SELECT count(*) FROM warp.agent_leases l WHERE l.agent_id = a.agent_id"
-    "     AND l.released_at IS NULL AND l.expires_at > warp.now())) AS n"
-    " FROM warp.agents a WHERE a.agent_id IN (SELECT agent_id FROM due)) "
+    "   coalesce(busy.n, 0)) AS n"
+    " FROM warp.agents a LEFT JOIN busy USING (agent_id)"
+    " WHERE a.agent_id IN (SELECT agent_id FROM due)), "
+    "chosen AS ("
+    " SELECT due.work_item_id FROM due JOIN room USING (agent_id) WHERE due.nth <= room.n"
+    " ORDER BY due.priority DESC, due.due_at, due.work_item_id LIMIT $1::integer) "
     "SELECT " WARP_WORK_COLUMNS
-    " FROM due JOIN room USING (agent_id) WHERE due.nth <= room.n "
-    "ORDER BY priority DESC, due_at, work_item_id LIMIT $1::integer";
+    " FROM warp.work_items WHERE work_item_id IN (SELECT work_item_id FROM chosen) "
+    "ORDER BY priority DESC, due_at, work_item_id";
 
 constexpr const char* kRequeueExpired = "SELECT warp.requeue_expired_work() AS moved";
 
@@ -292,11 +300,15 @@ namespace {
 /// abandoned claim would go on holding its row and advisory locks until it finished. The
 /// server now checks its client every second and gives up a statement shortly after the
 /// client has.
+/// work_mem: a cycle's due scan sorts up to kDueScanFactor * max_dispatch_per_cycle narrow
+/// rows and a claim sorts its chunk; the default 4 MB made both spill to disk at 40,000 items.
+/// jit: compiling a statement costs more than the statements of this workload run for.
 PostgresStoreSettings WithServerDeadlines(PostgresStoreSettings settings) {
   const auto server_timeout = settings.statement_timeout + std::chrono::seconds(2);
-  std::string setup =
-      fmt::format("SET client_connection_check_interval = '1s'; SET statement_timeout = '{}ms'",
-                  std::chrono::duration_cast<std::chrono::milliseconds>(server_timeout).count());
+  std::string setup = fmt::format(
+      "SET client_connection_check_interval = '1s'; SET statement_timeout = '{}ms'; "
+      "SET work_mem = '32MB'; SET jit = off",
+      std::chrono::duration_cast<std::chrono::milliseconds>(server_timeout).count());
   if (!settings.pool.session_setup.empty())
     setup = settings.pool.session_setup + "; " + setup;
   settings.pool.session_setup = std::move(setup);
