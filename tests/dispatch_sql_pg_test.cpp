@@ -1,7 +1,8 @@
-// The dispatch functions of migrations/0003 where PostgreSQL's own behaviour is the point and
-// the store contract suite cannot reach: claims skip rows another transaction holds instead of
-// waiting for them, the dispatch history cannot be deleted now that its foreign keys are gone,
-// and expired work is requeued once.
+// The dispatch functions of migrations/0003 and 0007 where PostgreSQL's own behaviour is the
+// point and the store contract suite cannot reach: claims skip rows another transaction holds
+// instead of waiting for them, the dispatch history cannot be deleted now that its foreign keys
+// are gone, expired work is requeued once, the side tables work_queue and open_leases follow
+// every way work and leases change, and dispatch updates its rows in place.
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
 
@@ -181,6 +182,103 @@ TEST_F(DispatchSql, ExpiredWorkIsRequeuedOnceAndLiveWorkStays) {
   EXPECT_EQ(Sql(a(), "SELECT warp.requeue_expired_work()"), std::vector<std::string>{"0"})
       << "the expired lease stays unreleased (a late completion may still count), but its item "
          "moves once";
+}
+
+/// Rows in which warp.work_queue and warp.open_leases differ from what work_items and
+/// agent_leases say they should hold (0: they mirror them exactly).
+std::string SideTableMismatches(PGconn* conn) {
+  return Sql(conn,
+             "WITH want_q AS (SELECT work_item_id, agent_id, priority, due_at, state "
+             "                  FROM warp.work_items "
+             "                 WHERE state IN ('pending', 'failed', 'dead')), "
+             "have_q AS (SELECT work_item_id, agent_id, priority, due_at, state "
+             "             FROM warp.work_queue), "
+             "want_l AS (SELECT agent_id, lease_id, work_item_id, expires_at "
+             "             FROM warp.agent_leases WHERE released_at IS NULL), "
+             "have_l AS (SELECT agent_id, lease_id, work_item_id, expires_at "
+             "             FROM warp.open_leases) "
+             "SELECT (SELECT count(*) FROM ((TABLE want_q EXCEPT TABLE have_q) "
+             "                              UNION ALL (TABLE have_q EXCEPT TABLE want_q)) q) "
+             "     + (SELECT count(*) FROM ((TABLE want_l EXCEPT TABLE have_l) "
+             "                              UNION ALL (TABLE have_l EXCEPT TABLE want_l)) l)")
+      .at(0);
+}
+
+TEST_F(DispatchSql, TheSideTablesFollowEveryWayWorkAndLeasesChange) {
+  EXPECT_EQ(SideTableMismatches(a()), "0") << "after the producers' insert";
+  EXPECT_EQ(Sql(a(), "SELECT count(*) FROM warp.work_queue"), std::vector<std::string>{"3"});
+  Claim(a(), "c1", "1 second");
+  EXPECT_EQ(SideTableMismatches(a()), "0") << "after a claim";
+  EXPECT_EQ(Sql(a(),
+                "SELECT count(*) || '/' || (SELECT count(*) FROM warp.open_leases) "
+                "FROM warp.work_queue"),
+            std::vector<std::string>{"0/3"});
+
+  // Lease 1 renewed, 2 completed done, 3 completed failed (retried: back in the queue).
+  Sql(a(), "SELECT count(*) FROM warp.renew_leases('{1}', '{1}', '1 hour')");
+  EXPECT_EQ(SideTableMismatches(a()), "0") << "after a renewal";
+  EXPECT_EQ(Sql(a(),
+                "SELECT string_agg(verdict, ',' ORDER BY idx) FROM "
+                "warp.finish_work_batch('{2,3}', '{2,3}', '{done,failed}', '{\"\",boom}', "
+                "'{false,false}', '{true,true}')"),
+            std::vector<std::string>{"accepted,accepted"});
+  EXPECT_EQ(SideTableMismatches(a()), "0") << "after completions";
+  EXPECT_EQ(Sql(a(), "SELECT work_item_id || ':' || state FROM warp.work_queue"),
+            std::vector<std::string>{"3:failed"});
+
+  // Expiry: lease 1 renewed for an hour expires two hours on; its item is requeued, and the
+  // lease stays open (unreleased) until a late completion or forever.
+  Sql(a(), "SET warp.test_now = '" + Sql(a(), "SELECT now() + interval '2 hours'").at(0) + "'");
+  EXPECT_EQ(Sql(a(), "SELECT warp.requeue_expired_work()"), std::vector<std::string>{"1"});
+  EXPECT_EQ(SideTableMismatches(a()), "0") << "after requeueing";
+  Sql(a(), "RESET warp.test_now");
+
+  // What an operator may do by hand: reprioritize, park as dead, add, delete, unrelease.
+  Sql(a(), "UPDATE warp.work_items SET priority = 7 WHERE work_item_id = 1");
+  Sql(a(), "UPDATE warp.work_items SET state = 'dead' WHERE work_item_id = 3");
+  Sql(a(),
+      "INSERT INTO warp.work_items (agent_id, kind, due_at, idempotency_key, max_attempts, "
+      "state) VALUES (2, 'sync', now(), 'x1', 3, 'pending'), (2, 'sync', now(), 'x2', 3, 'done')");
+  EXPECT_EQ(SideTableMismatches(a()), "0") << "after updates and inserts by hand";
+  Sql(a(), "DELETE FROM warp.work_items WHERE idempotency_key = 'x1'");
+  Sql(a(),
+      "UPDATE warp.agent_leases SET released_at = NULL, release_reason = '' "
+      "WHERE lease_id = 2");
+  EXPECT_EQ(SideTableMismatches(a()), "0") << "after a delete and an unrelease by hand";
+
+  Sql(a(), "TRUNCATE warp.dispatch_decisions, warp.agent_leases, warp.work_items");
+  EXPECT_EQ(Sql(a(),
+                "SELECT count(*) || '/' || (SELECT count(*) FROM warp.open_leases) "
+                "FROM warp.work_queue"),
+            std::vector<std::string>{"0/0"});
+}
+
+// Why 0007 exists: a claim and a completion change their item and lease rows in place (heap-only
+// updates), adding no index entry. An index on a column they change would make every one of
+// these updates a new row version with an entry in each of the table's indexes.
+TEST_F(DispatchSql, DispatchAndCompletionUpdateItemsAndLeasesInPlace) {
+  // Rows updated / of those, in place; counted by the server for the current transaction.
+  // A session's counts reach the shared statistics only now and then, so each transaction
+  // below runs on a connection of its own.
+  const auto counts = [&](PGconn* conn, const std::string& table) {
+    return Sql(conn, "SELECT pg_stat_get_xact_tuples_updated('" + table +
+                         "'::regclass) || '/' || pg_stat_get_xact_tuples_hot_updated('" + table +
+                         "'::regclass)")
+        .at(0);
+  };
+  Sql(a(), "BEGIN");
+  Claim(a(), "c1");
+  EXPECT_EQ(counts(a(), "warp.work_items"), "3/3") << "dispatched";
+  EXPECT_EQ(counts(a(), "warp.agents"), "1/1") << "the fencing bump";
+  Sql(a(), "COMMIT");
+  Sql(b(), "BEGIN");
+  Sql(b(),
+      "SELECT count(*) FROM warp.finish_work_batch('{1,2,3}', '{1,2,3}', "
+      "'{done,done,done}', '{\"\",\"\",\"\"}', '{false,false,false}', "
+      "'{true,true,true}')");
+  EXPECT_EQ(counts(b(), "warp.work_items"), "3/3") << "done";
+  EXPECT_EQ(counts(b(), "warp.agent_leases"), "3/3") << "released";
+  Sql(b(), "COMMIT");
 }
 
 }  // namespace
