@@ -159,11 +159,12 @@ SELECT l.released_at, 'warp-migrate', 'completion_late', 'lease:' || l.lease_id,
   FROM warp.agent_leases l
  WHERE l.release_reason = 'completed_late' AND l.released_at > now() - interval '1 day';
 
--- 4. Dispatch. As 0003, with three changes: the active leases are read from open_leases; the
+-- 4. Dispatch. As 0003, with four changes: the active leases are read from open_leases; the
 -- acquisition instant is taken inside the main statement, after its snapshot, so that every
 -- release stamped before that instant is already visible (0003 counted recent releases
--- instead, through an index on released_at); and the batch's items are looked up by key (the
--- planner merge-joined, walking the primary key from its start, or hashed all of work_items).
+-- instead, through an index on released_at); the batch's items are read once, by key, when
+-- they are locked (0003 read them three times, and the planner merge-joined, walking the
+-- primary key from its start); and the advisory locks are tried in that same statement.
 -- JIT is off: the estimates for these batches (arrays of unknown size) can exceed its cost
 -- threshold, and compiling a plan this size took longer than running it (1-2 s).
 CREATE OR REPLACE FUNCTION warp.claim_dispatches(
@@ -177,35 +178,57 @@ LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
   t timestamptz := warp.now();
   missing record;
+  mismatch bigint;
   locked bigint[];
   held bigint[];
+  held_attempts integer[];
+  held_due boolean[];
 BEGIN
-  SELECT coalesce(array_agg(s.work_item_id), '{}') INTO held
-    FROM (SELECT w.work_item_id FROM warp.work_items w WHERE w.work_item_id = ANY (p_items)
-           ORDER BY w.work_item_id FOR UPDATE SKIP LOCKED) s;
-  SELECT u.item, u.agent INTO missing
-    FROM unnest(p_items, p_agents) AS u(item, agent)
-    LEFT JOIN warp.work_items w ON w.work_item_id = u.item
-   WHERE w.work_item_id IS NULL OR w.agent_id <> u.agent
-   LIMIT 1;
-  IF FOUND THEN
+  -- One statement: lock the batch's rows, skipping rows another transaction holds (see 0003),
+  -- read what the decision needs from them (locked, they cannot change until we commit), and
+  -- try the advisory lock of each agent with due work once. The locks are taken here, before
+  -- the main statement, whose snapshot then includes every lease another instance committed
+  -- before releasing an agent's lock.
+  EXECUTE $sql$
+    WITH h AS MATERIALIZED (
+      SELECT w.work_item_id, w.agent_id, w.attempts,
+             w.state IN ('pending', 'failed') AND w.due_at <= $4 AS due
+        FROM warp.work_items w WHERE w.work_item_id = ANY ($1::bigint[])
+       ORDER BY w.work_item_id FOR UPDATE SKIP LOCKED
+    ), j AS MATERIALIZED (
+      SELECT u.item, u.agent, u.verdict, h.agent_id AS actual, h.due
+        FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(item, agent, verdict)
+        JOIN h ON h.work_item_id = u.item
+    )
+    SELECT (SELECT coalesce(array_agg(h.work_item_id ORDER BY h.work_item_id), '{}') FROM h),
+           (SELECT coalesce(array_agg(h.attempts ORDER BY h.work_item_id), '{}') FROM h),
+           (SELECT coalesce(array_agg(h.due ORDER BY h.work_item_id), '{}') FROM h),
+           (SELECT j.item FROM j WHERE j.actual <> j.agent LIMIT 1),
+           (SELECT coalesce(array_agg(a.agent) FILTER (WHERE a.got), '{}')
+              FROM (SELECT d.agent, pg_try_advisory_xact_lock(warp.agent_lock_key(d.agent)) AS got
+                      FROM (SELECT DISTINCT j.agent FROM j
+                             WHERE j.verdict IS NULL AND j.due AND j.actual = j.agent) d) a)
+  $sql$ INTO held, held_attempts, held_due, mismatch, locked
+  USING p_items, p_agents, p_verdicts, t;
+  -- Raised before anything is written: all or nothing. Rows another transaction holds are
+  -- looked up only when there are some.
+  IF mismatch IS NOT NULL THEN
+    SELECT u.item, u.agent INTO missing FROM unnest(p_items, p_agents) AS u(item, agent)
+     WHERE u.item = mismatch LIMIT 1;
     RAISE EXCEPTION 'work item % of agent % does not exist', missing.item, missing.agent
       USING ERRCODE = 'P0002';
   END IF;
-
-  -- Each agent's advisory lock, tried once, in a statement of its own (see 0003).
-  EXECUTE $sql$
-    SELECT coalesce(array_agg(a.agent) FILTER (WHERE a.got), '{}')
-      FROM (SELECT d.agent, pg_try_advisory_xact_lock(warp.agent_lock_key(d.agent)) AS got
-              FROM (SELECT DISTINCT u.agent
-                      FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(item, agent, verdict)
-                      JOIN unnest($4::bigint[]) AS h(item) ON h.item = u.item
-                     CROSS JOIN LATERAL (
-                       SELECT w0.state, w0.due_at FROM warp.work_items w0
-                        WHERE w0.work_item_id = u.item OFFSET 0) w
-                     WHERE u.verdict IS NULL AND w.state IN ('pending', 'failed')
-                       AND w.due_at <= $5) d) a
-  $sql$ INTO locked USING p_items, p_agents, p_verdicts, held, t;
+  IF cardinality(held) < (SELECT count(DISTINCT x) FROM unnest(p_items) AS x) THEN
+    SELECT u.item, u.agent INTO missing
+      FROM unnest(p_items, p_agents) AS u(item, agent)
+      LEFT JOIN warp.work_items w ON w.work_item_id = u.item
+     WHERE w.work_item_id IS NULL OR w.agent_id <> u.agent
+     LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'work item % of agent % does not exist', missing.item, missing.agent
+        USING ERRCODE = 'P0002';
+    END IF;
+  END IF;
 
   RETURN QUERY EXECUTE $sql$
   WITH clock AS MATERIALIZED (
@@ -219,17 +242,15 @@ BEGIN
       FROM unnest($5::bigint[], $6::bigint[], $7::integer[], $8::text[], $9::text[])
            WITH ORDINALITY AS u(item, agent, bound, verdict, reason, idx)
   ), candidates AS MATERIALIZED (
-    SELECT i.*, c.t, w.attempts + 1 AS attempt,
-           (w.state IN ('pending', 'failed') AND w.due_at <= c.t
-            AND i.idx = min(i.idx) OVER (PARTITION BY i.item)
+    SELECT i.*, c.t, h.attempts + 1 AS attempt,
+           (h.due AND i.idx = min(i.idx) OVER (PARTITION BY i.item)
             AND NOT EXISTS (SELECT 1 FROM warp.dispatch_decisions dd
                              WHERE dd.cycle_id = $2 AND dd.work_item_id = i.item
-                               AND dd.attempt = w.attempts + 1)) AS eligible,
+                               AND dd.attempt = h.attempts + 1)) AS eligible,
            i.agent = ANY ($12::bigint[]) AS locked
-      FROM input i JOIN unnest($13::bigint[]) AS h(item) ON h.item = i.item
-     CROSS JOIN LATERAL (
-       SELECT w0.state, w0.due_at, w0.attempts FROM warp.work_items w0
-        WHERE w0.work_item_id = i.item OFFSET 0) w
+      FROM input i
+      JOIN unnest($13::bigint[], $14::integer[], $15::boolean[]) AS h(item, attempts, due)
+        ON h.item = i.item
      CROSS JOIN clock c
   ), ranked AS MATERIALIZED (
     -- The agent's active leases: a probe of open_leases by agent (its primary key).
@@ -288,7 +309,7 @@ BEGIN
    ORDER BY i.idx
   $sql$
   USING p_run_id, p_cycle_id, p_instance, p_ttl, p_items, p_agents, p_bounds, p_verdicts,
-        p_reasons, p_backoff, p_backoff_max, locked, held;
+        p_reasons, p_backoff, p_backoff_max, locked, held, held_attempts, held_due;
 END
 $$;
 

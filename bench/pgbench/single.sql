@@ -13,6 +13,9 @@ SELECT coalesce(max(s.work_item_id), 0) AS item, coalesce(max(s.agent_id), 0) AS
   FROM (SELECT w.work_item_id, w.agent_id, w.attempts
           FROM warp.work_queue q JOIN warp.work_items w USING (work_item_id)
          WHERE q.state IN ('pending', 'failed') AND q.due_at <= warp.now()
+           -- Rechecked on the row as locked: another client may have claimed it since this
+           -- statement's snapshot, and a skipped lock is not the only way to learn that.
+           AND w.state IN ('pending', 'failed') AND w.due_at <= warp.now()
          ORDER BY q.priority DESC, q.due_at, q.work_item_id
          LIMIT 1
            FOR UPDATE OF w SKIP LOCKED) AS s
