@@ -45,52 +45,41 @@ SELECT l.agent_id, l.lease_id, l.work_item_id, l.expires_at
   FROM warp.agent_leases l WHERE l.released_at IS NULL;
 
 -- 2. Triggers: one set-based statement per statement on the main table, never one per row.
-CREATE FUNCTION warp.work_queue_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- Rows leave the queue as their old versions were queued and enter it as their new versions
+-- are: an update moves a queued item (priority, due_at, state) by a delete and an insert.
+-- Index probes only, whatever the statistics say: the side tables empty and fill all the time,
+-- and one analyzed while empty looked like a one-row table to the planner, which then scanned
+-- it once per changed row (seconds for a 5,000-row batch).
+CREATE FUNCTION warp.work_queue_sync() RETURNS trigger
+LANGUAGE plpgsql SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
 BEGIN
-  INSERT INTO warp.work_queue (work_item_id, agent_id, priority, due_at, state)
-  SELECT n.work_item_id, n.agent_id, n.priority, n.due_at, n.state
-    FROM new_items n WHERE n.state IN ('pending', 'failed', 'dead');
-  RETURN NULL;
-END
-$$;
--- Planned with the transition tables' real sizes; index probes, never a scan of the queue.
-CREATE FUNCTION warp.work_queue_update() RETURNS trigger
-LANGUAGE plpgsql SET enable_hashjoin = off SET enable_mergejoin = off AS $$
-BEGIN
-  DELETE FROM warp.work_queue q USING old_items o
-   WHERE o.state IN ('pending', 'failed', 'dead') AND q.work_item_id = o.work_item_id;
-  INSERT INTO warp.work_queue (work_item_id, agent_id, priority, due_at, state)
-  SELECT n.work_item_id, n.agent_id, n.priority, n.due_at, n.state
-    FROM new_items n WHERE n.state IN ('pending', 'failed', 'dead');
-  RETURN NULL;
-END
-$$;
-CREATE FUNCTION warp.work_queue_delete() RETURNS trigger
-LANGUAGE plpgsql SET enable_hashjoin = off SET enable_mergejoin = off AS $$
-BEGIN
-  DELETE FROM warp.work_queue q USING old_items o WHERE q.work_item_id = o.work_item_id;
-  RETURN NULL;
-END
-$$;
-CREATE FUNCTION warp.work_queue_truncate() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-  TRUNCATE warp.work_queue;
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    DELETE FROM warp.work_queue q USING old_items o
+     WHERE o.state IN ('pending', 'failed', 'dead') AND q.work_item_id = o.work_item_id;
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    INSERT INTO warp.work_queue (work_item_id, agent_id, priority, due_at, state)
+    SELECT n.work_item_id, n.agent_id, n.priority, n.due_at, n.state
+      FROM new_items n WHERE n.state IN ('pending', 'failed', 'dead');
+  END IF;
+  IF TG_OP = 'TRUNCATE' THEN
+    TRUNCATE warp.work_queue;
+  END IF;
   RETURN NULL;
 END
 $$;
 CREATE TRIGGER work_items_queue_insert AFTER INSERT ON warp.work_items
   REFERENCING NEW TABLE AS new_items
-  FOR EACH STATEMENT EXECUTE FUNCTION warp.work_queue_insert();
+  FOR EACH STATEMENT EXECUTE FUNCTION warp.work_queue_sync();
 CREATE TRIGGER work_items_queue_update AFTER UPDATE ON warp.work_items
   REFERENCING OLD TABLE AS old_items NEW TABLE AS new_items
-  FOR EACH STATEMENT EXECUTE FUNCTION warp.work_queue_update();
+  FOR EACH STATEMENT EXECUTE FUNCTION warp.work_queue_sync();
 CREATE TRIGGER work_items_queue_delete AFTER DELETE ON warp.work_items
   REFERENCING OLD TABLE AS old_items
-  FOR EACH STATEMENT EXECUTE FUNCTION warp.work_queue_delete();
+  FOR EACH STATEMENT EXECUTE FUNCTION warp.work_queue_sync();
 CREATE TRIGGER work_items_queue_truncate AFTER TRUNCATE ON warp.work_items
-  FOR EACH STATEMENT EXECUTE FUNCTION warp.work_queue_truncate();
+  FOR EACH STATEMENT EXECUTE FUNCTION warp.work_queue_sync();
 
 -- New leases: refused for retired agents (0005), recorded as open.
 CREATE OR REPLACE FUNCTION warp.refuse_leases_of_retired_agents() RETURNS trigger
@@ -114,7 +103,8 @@ $$;
 -- Released leases leave; renewed ones carry their new expiry (an upsert, so that a lease made
 -- unreleased again by hand is open again too).
 CREATE FUNCTION warp.open_leases_update() RETURNS trigger
-LANGUAGE plpgsql SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
 BEGIN
   DELETE FROM warp.open_leases o USING new_leases n
    WHERE n.released_at IS NOT NULL AND o.agent_id = n.agent_id AND o.lease_id = n.lease_id;
@@ -166,14 +156,15 @@ SELECT l.released_at, 'warp-migrate', 'completion_late', 'lease:' || l.lease_id,
 -- they are locked (0003 read them three times, and the planner merge-joined, walking the
 -- primary key from its start); and the advisory locks are tried in that same statement.
 -- JIT is off: the estimates for these batches (arrays of unknown size) can exceed its cost
--- threshold, and compiling a plan this size took longer than running it (1-2 s).
+-- threshold, and compiling a plan this size took longer than running it (1-2 s). Sequential
+-- scans are off: open_leases and dispatch_decisions are probed by key (see the triggers).
 CREATE OR REPLACE FUNCTION warp.claim_dispatches(
   p_run_id bigint, p_cycle_id text, p_instance text, p_ttl interval,
   p_items bigint[], p_agents bigint[], p_bounds integer[], p_verdicts text[], p_reasons text[],
   p_backoff interval, p_backoff_max interval)
 RETURNS TABLE (idx integer, recorded boolean, decision text, reason text, attempt integer,
                at timestamptz, lease_id bigint, fencing_token bigint, expires_at timestamptz)
-LANGUAGE plpgsql SET jit = off AS $$
+LANGUAGE plpgsql SET jit = off SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
   t timestamptz := warp.now();
@@ -331,6 +322,45 @@ AS $$
        AND w.state = 'dispatched'
     RETURNING 1)
   SELECT count(*)::integer FROM moved
+$$;
+
+-- The due scan of a cycle (Store::SelectDueWork): the first p_limit * p_factor due items of
+-- work_queue in (priority, due_at) order, at most as many per agent as it has room for under
+-- its bound (at least one), then the first p_limit of those, read from work_items. Its plan
+-- shape does not depend on the statistics of the side tables: the CTEs are joined by hashing,
+-- and every table lookup is an index probe per row (LATERAL ... OFFSET 0).
+CREATE FUNCTION warp.select_due_work(p_limit integer, p_default_bound integer, p_factor integer)
+RETURNS SETOF warp.work_items
+LANGUAGE sql STABLE
+SET enable_seqscan = off SET enable_nestloop = off SET enable_mergejoin = off SET jit = off
+AS $$
+  WITH due AS MATERIALIZED (
+    SELECT q.work_item_id, q.agent_id, q.priority, q.due_at,
+           row_number() OVER (PARTITION BY q.agent_id
+                              ORDER BY q.priority DESC, q.due_at, q.work_item_id) AS nth
+      FROM (SELECT q0.work_item_id, q0.agent_id, q0.priority, q0.due_at FROM warp.work_queue q0
+             WHERE q0.state IN ('pending', 'failed') AND q0.due_at <= warp.now()
+             ORDER BY q0.priority DESC, q0.due_at, q0.work_item_id
+             LIMIT p_limit * p_factor) q
+  ), room AS MATERIALIZED (
+    SELECT d.agent_id, greatest(1, coalesce(a.max_active_leases, p_default_bound) - b.n) AS n
+      FROM (SELECT DISTINCT due.agent_id FROM due) d
+     CROSS JOIN LATERAL (SELECT a0.max_active_leases FROM warp.agents a0
+                          WHERE a0.agent_id = d.agent_id OFFSET 0) a
+     CROSS JOIN LATERAL (SELECT count(*) AS n FROM warp.open_leases o
+                          WHERE o.agent_id = d.agent_id AND o.expires_at > warp.now()) b
+  ), chosen AS MATERIALIZED (
+    SELECT due.work_item_id, due.priority, due.due_at
+      FROM due JOIN room ON room.agent_id = due.agent_id
+     WHERE due.nth <= room.n
+     ORDER BY due.priority DESC, due.due_at, due.work_item_id
+     LIMIT p_limit
+  )
+  SELECT w.*
+    FROM chosen c
+   CROSS JOIN LATERAL (SELECT w0.* FROM warp.work_items w0
+                        WHERE w0.work_item_id = c.work_item_id OFFSET 0) w
+   ORDER BY c.priority DESC, c.due_at, c.work_item_id
 $$;
 
 -- 5. Completion. As 0002, with: leases looked up by key (a hash join read all of

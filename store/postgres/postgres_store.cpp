@@ -100,30 +100,12 @@ constexpr const char* kWorkByIds =
 constexpr const char* kListWork = "SELECT " WARP_WORK_COLUMNS
                                   " FROM warp.work_items WHERE $1::text IS NULL OR state = $1 "
                                   "ORDER BY work_item_id";
-// The scan reads the narrow rows of warp.work_queue through its partial index work_queue_due
-// and the room per agent from warp.open_leases; only the chosen items are read from
-// work_items. The cost follows the limit, not the tables.
+// warp.select_due_work (migration 0007): the narrow rows of warp.work_queue, the room per agent
+// from warp.open_leases, then only the chosen items from work_items. The cost follows the
+// limit, not the tables.
 constexpr const char* kSelectDueWork =
-    "WITH due AS ("
-    " SELECT q.work_item_id, q.agent_id, q.priority, q.due_at, row_number() OVER ("
-    "   PARTITION BY q.agent_id ORDER BY q.priority DESC, q.due_at, q.work_item_id) AS nth"
-    " FROM (SELECT work_item_id, agent_id, priority, due_at FROM warp.work_queue"
-    "       WHERE state IN ('pending', 'failed') AND due_at <= warp.now()"
-    "       ORDER BY priority DESC, due_at, work_item_id LIMIT $1::integer * $3::integer) q), "
-    "busy AS ("
-    " SELECT o.agent_id, count(*) AS n FROM warp.open_leases o"
-    " WHERE o.agent_id IN (SELECT agent_id FROM due) AND o.expires_at > warp.now()"
-    " GROUP BY o.agent_id), "
-    "room AS ("
-    " SELECT a.agent_id, greatest(1, coalesce(a.max_active_leases, $2::integer) - "
-    "   coalesce(busy.n, 0)) AS n"
-    " FROM warp.agents a LEFT JOIN busy USING (agent_id)"
-    " WHERE a.agent_id IN (SELECT agent_id FROM due)), "
-    "chosen AS ("
-    " SELECT due.work_item_id FROM due JOIN room USING (agent_id) WHERE due.nth <= room.n"
-    " ORDER BY due.priority DESC, due.due_at, due.work_item_id LIMIT $1::integer) "
     "SELECT " WARP_WORK_COLUMNS
-    " FROM warp.work_items WHERE work_item_id IN (SELECT work_item_id FROM chosen) "
+    " FROM warp.select_due_work($1::integer, $2::integer, $3::integer) "
     "ORDER BY priority DESC, due_at, work_item_id";
 
 constexpr const char* kRequeueExpired = "SELECT warp.requeue_expired_work() AS moved";
