@@ -118,11 +118,11 @@ done
 
 deadline=$((SECONDS + timeout))
 while :; do
-  # Whether any work is left (queued, or dispatched under an open lease), from the side tables
-  # of migrations/0007: a count over work_items every poll would take a good part of a core
-  # from what is being measured.
+  # Whether any work is left (queued, or dispatched under a live lease; work whose lease
+  # expired is requeued), from the side tables of migrations/0007: a count over work_items
+  # every poll would take a good part of a core from what is being measured.
   busy=$(sql "SELECT EXISTS (SELECT 1 FROM warp.work_queue WHERE state IN ('pending', 'failed'))
-                  OR EXISTS (SELECT 1 FROM warp.open_leases)")
+                  OR EXISTS (SELECT 1 FROM warp.open_leases WHERE expires_at > now())")
   [[ $busy == f ]] && break
   if ((SECONDS > deadline)); then
     left=$(sql "SELECT count(*) FROM warp.work_items WHERE state IN ('pending', 'failed', 'dispatched')")
