@@ -139,7 +139,9 @@ check=$(sql "SELECT (SELECT count(*) FROM warp.agent_leases WHERE release_reason
                  || ' ' || (SELECT count(DISTINCT work_item_id) FROM warp.agent_leases)
                  || ' ' || (SELECT count(*) FROM warp.agent_leases WHERE released_at IS NULL)")
 if [[ $check != "$items $items 0" ]]; then
-  echo "throughput: inconsistent records (completed leases, leased items, open leases): $check" >&2
+  echo "throughput: inconsistent records (completed leases, leased items, open leases): $check; logs in $work" >&2
+  grep -h -E ' (warning|error|critical) ' "$work"/warpd-*.log | grep -v 'tick skipped' | tail -n 20 >&2 || true
+  KEEP=1
   exit 1
 fi
 seconds=$(sql "SELECT round(extract(epoch FROM max(released_at) - min(acquired_at))::numeric, 3)

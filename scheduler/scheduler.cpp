@@ -409,8 +409,10 @@ void Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchResult result) {
 
 store::Task<void> Scheduler::RecordCompletions() {
   while (!finished_.empty()) {
-    std::vector<std::pair<store::LeaseId, DispatchResult>> batch;
-    batch.swap(finished_);
+    const auto n = static_cast<std::ptrdiff_t>(std::min(finished_.size(), kCompletionChunk));
+    std::vector<std::pair<store::LeaseId, DispatchResult>> batch(
+        std::make_move_iterator(finished_.begin()), std::make_move_iterator(finished_.begin() + n));
+    finished_.erase(finished_.begin(), finished_.begin() + n);
     std::vector<store::Completion> completions;
     std::vector<const std::pair<store::LeaseId, DispatchResult>*> completed;
     for (const auto& done : batch) {
@@ -453,10 +455,10 @@ store::Task<void> Scheduler::RecordCompletions() {
     }
     std::vector<store::CompletionResult> verdicts;
     std::string failure;
+    int attempts = 0;
     if (!completions.empty()) {
       try {
-        const auto retry = RetryPolicyOf(settings_);
-        verdicts = co_await store_.CompleteWorkBatch(std::move(completions), retry);
+        verdicts = co_await CompleteWithRetry(completions, attempts);
       } catch (const std::exception& e) {
         failure = e.what();
       }
@@ -476,7 +478,13 @@ store::Task<void> Scheduler::RecordCompletions() {
         log_.Debug(Event::kLeaseReleased, fields, "lease {} on {} released", r.lease_id,
                    r.agent_slug);
       }
-      if (!done.accepted()) {
+      if (done.verdict == store::CompletionResult::Verdict::kReleased && attempts > 1) {
+        // Most likely our own earlier attempt committed and only its answer was lost.
+        log_.Info(Event::kCompletionRejected, fields,
+                  "completion of work {} found its lease {} already released after {} attempts "
+                  "(an earlier attempt committed, or the agent completed it)",
+                  r.work_id, r.lease_id, attempts);
+      } else if (!done.accepted()) {
         log_.Warn(Event::kCompletionRejected, fields,
                   "completion of work {} refused ({}): the lease is no longer ours", r.work_id,
                   store::ToString(done.verdict));
@@ -498,6 +506,33 @@ store::Task<void> Scheduler::RecordCompletions() {
   }
   recording_ = false;
   NotifyIfIdle();
+}
+
+store::Task<std::vector<store::CompletionResult>> Scheduler::CompleteWithRetry(
+    const std::vector<store::Completion>& completions, int& attempts) {
+  const auto give_up = SteadyClock::now() + leasing_.ttl;
+  auto backoff = kCompletionRetry;
+  for (;;) {
+    ++attempts;
+    std::string error;
+    try {
+      auto copy = completions;
+      const auto retry = RetryPolicyOf(settings_);
+      co_return co_await store_.CompleteWorkBatch(std::move(copy), retry);
+    } catch (const store::StoreError& e) {
+      if (e.kind() != store::StoreError::Kind::kUnavailable ||
+          SteadyClock::now() + backoff >= give_up)
+        throw;
+      error = e.what();
+    }
+    log_.Warn(Event::kStoreError, {},
+              "cannot record {} completion(s) yet (attempt {}): {}; retrying in {}ms",
+              completions.size(), attempts, error, backoff.count());
+    boost::asio::steady_timer timer(executor_, backoff);
+    boost::system::error_code ec;
+    co_await timer.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    backoff = std::min(backoff * 2, kCompletionRetryMax);
+  }
 }
 
 void Scheduler::NotifyIfIdle() {

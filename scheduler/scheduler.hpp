@@ -15,6 +15,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <deque>
 #include <map>
 #include <memory>
 #include <random>
@@ -58,6 +59,15 @@ class Scheduler {
   /// A cycle claims its candidates in chunks of this many (one store call each) and starts
   /// each chunk's dispatches before claiming the next.
   static constexpr std::size_t kClaimChunk = 5000;
+  /// Finished dispatches are recorded in store calls of at most this many: a completion
+  /// statement's cost grows faster than its size, and one of 40,000 ran into its deadline.
+  static constexpr std::size_t kCompletionChunk = 5000;
+  /// A completion call that failed for want of the database (timeout, lost connection, no
+  /// free connection) is retried after this, doubling up to kCompletionRetryMax, until the
+  /// lease TTL has passed since the first attempt. A retry is safe: the fencing check refuses
+  /// a completion whose earlier attempt did commit (verdict released).
+  static constexpr store::Duration kCompletionRetry{std::chrono::milliseconds(200)};
+  static constexpr store::Duration kCompletionRetryMax{std::chrono::seconds(5)};
 
   Scheduler(boost::asio::any_io_executor executor, store::Store& store,
             leasing::LeaseKeeper& lease_keeper, const config::Settings& settings, RunnerSet runners,
@@ -112,6 +122,10 @@ class Scheduler {
   /// into the next batch (one store round trip per batch, not per dispatch).
   void FinishDispatch(store::LeaseId lease_id, DispatchResult result);
   store::Task<void> RecordCompletions();
+  /// One store call for `completions`, retried as kCompletionRetry says; throws the last
+  /// error when it gives up. `attempts` counts the calls made.
+  store::Task<std::vector<store::CompletionResult>> CompleteWithRetry(
+      const std::vector<store::Completion>& completions, int& attempts);
   store::Task<void> TickLoop();
   /// Waits until no cycle runs and nothing is in flight, or `deadline`; true when idle.
   store::Task<bool> WaitIdle(std::chrono::steady_clock::time_point deadline);
@@ -129,7 +143,7 @@ class Scheduler {
   boost::asio::steady_timer tick_timer_;
   boost::asio::steady_timer idle_timer_;  // cancelled when the last dispatch finishes
   std::map<store::LeaseId, Inflight> inflight_;
-  std::vector<std::pair<store::LeaseId, DispatchResult>> finished_;  // awaiting RecordCompletions
+  std::deque<std::pair<store::LeaseId, DispatchResult>> finished_;  // awaiting RecordCompletions
   bool recording_ = false;  // a RecordCompletions coroutine runs
   std::mt19937_64 jitter_rng_{std::random_device{}()};
   bool ticking_ = false;

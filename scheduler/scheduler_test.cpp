@@ -10,6 +10,7 @@
 #include "scheduler/cycle.hpp"
 #include "store/memory/memory_store.hpp"
 #include "tests/support/async.hpp"
+#include "tests/support/flaky_store.hpp"
 
 namespace warp::scheduler {
 namespace {
@@ -88,7 +89,7 @@ class SchedulerTest : public ::testing::Test {
     keeper_.emplace(io_.get_executor(), store_, settings_.leasing, log_);
     auto runner = std::make_shared<FakeRunner>(io_);
     runner_ = runner.get();
-    scheduler_.emplace(io_.get_executor(), store_, *keeper_, settings_, RunnerSet{{"fake", runner}},
+    scheduler_.emplace(io_.get_executor(), flaky_, *keeper_, settings_, RunnerSet{{"fake", runner}},
                        log_);
   }
 
@@ -124,6 +125,7 @@ class SchedulerTest : public ::testing::Test {
   boost::asio::io_context io_;
   test::ManualClock clock_;
   store::MemoryStore store_;
+  test::FlakyStore flaky_{store_};  // what the scheduler uses: store_, with injected failures
   config::Settings settings_;
   logging::Logger log_;
   std::optional<leasing::LeaseKeeper> keeper_;
@@ -455,6 +457,63 @@ TEST_F(SchedulerTest, ACycleLargerThanOneClaimChunkDispatchesEveryItemOnce) {
     items.insert(d.request.work_id);
   EXPECT_EQ(items.size(), static_cast<std::size_t>(n)) << "every item dispatched once";
   EXPECT_EQ(Decisions(report.cycle_id).size(), static_cast<std::size_t>(n));
+}
+
+TEST_F(SchedulerTest, CompletionsAreRecordedInChunks) {
+  const int n = static_cast<int>(Scheduler::kCompletionChunk + 1);
+  settings_.scheduler.max_dispatch_per_cycle = n;
+  settings_.scheduler.max_inflight = n;
+  Build();
+  for (int a = 0; a < 10; ++a)
+    Agent("erp-" + std::to_string(a), n);
+  for (int i = 0; i < n; ++i)
+    Enqueue("erp-" + std::to_string(i % 10));
+  ASSERT_EQ(Cycle().counts.dispatched, n);
+  for (std::size_t i = 0; i < runner_->dispatches.size(); ++i)
+    runner_->Finish(i, {DispatchResult::Status::kDone, "", true});
+  test::RunFor(io_, 2s);
+  EXPECT_THAT(flaky_.completion_calls(), ::testing::ElementsAre(Scheduler::kCompletionChunk, 1u));
+  EXPECT_EQ(scheduler_->inflight(), 0u);
+  EXPECT_EQ(test::Await(io_, store_.ListWork(WorkState::kDone)).size(),
+            static_cast<std::size_t>(n));
+}
+
+TEST_F(SchedulerTest, ACompletionTheStoreCouldNotTakeIsRetriedUntilRecorded) {
+  Build();
+  Agent("erp-sales", 1);
+  const auto a = Enqueue("erp-sales");
+  Cycle();
+  ASSERT_EQ(runner_->dispatches.size(), 1u);
+  flaky_.FailCompletionsBefore(2);
+  runner_->Finish(0, {DispatchResult::Status::kDone, "", true});
+  Settle();
+  EXPECT_EQ(Work(a.work_item_id).state, WorkState::kDispatched) << "not recorded yet";
+  EXPECT_EQ(scheduler_->inflight(), 1u) << "still ours until recorded";
+  // Retries after 200 ms and 400 ms more.
+  test::RunFor(io_, 1s);
+  EXPECT_EQ(flaky_.completion_calls().size(), 3u);
+  EXPECT_EQ(Work(a.work_item_id).state, WorkState::kDone);
+  EXPECT_EQ(scheduler_->inflight(), 0u);
+  const auto leases = test::Await(io_, store_.ListLeases(std::nullopt, false));
+  ASSERT_EQ(leases.size(), 1u);
+  EXPECT_TRUE(leases[0].released_at.has_value()) << "released, not left to expire";
+}
+
+TEST_F(SchedulerTest, ACompletionWhoseAnswerWasLostIsRecordedOnce) {
+  Build();
+  Agent("erp-sales", 1);
+  const auto a = Enqueue("erp-sales");
+  Cycle();
+  flaky_.FailCompletionsAfter(1);
+  runner_->Finish(0, {DispatchResult::Status::kFailed, "exit 1", true});
+  test::RunFor(io_, 500ms);
+  // The first call applied the failure; the retry finds the lease released and changes
+  // nothing: one failed attempt, not two.
+  EXPECT_EQ(flaky_.completion_calls().size(), 2u);
+  const auto item = Work(a.work_item_id);
+  EXPECT_EQ(item.state, WorkState::kFailed);
+  EXPECT_EQ(item.attempts, 1);
+  EXPECT_EQ(scheduler_->inflight(), 0u);
 }
 
 TEST_F(SchedulerTest, SchedulesAreMaterializedOncePerOccurrence) {
