@@ -42,7 +42,10 @@ round() {
   local what=$1
   shift
   [[ $skip == *" $what "* ]] && return 0
-  "$@" 2> >(sed "s/^/[$what] /" >&2) | tee -a "$out"
+  # A failed measurement is recorded as such and the other figures are still measured.
+  if ! "$@" 2> >(sed "s/^/[$what] /" >&2) | tee -a "$out"; then
+    echo "# FAILED in round $run: $*" | tee -a "$out"
+  fi
 }
 
 for run in $(seq 1 "$runs"); do
