@@ -121,6 +121,16 @@ store::Task<void> LeaseKeeper::RenewAll() {
   refs.reserve(held_.size());
   for (const auto& [id, h] : held_)
     refs.push_back(h.ref);
+  for (std::size_t from = 0; from < refs.size(); from += kRenewChunk) {
+    const auto to = std::min(refs.size(), from + kRenewChunk);
+    std::vector<store::LeaseRef> chunk(refs.begin() + static_cast<std::ptrdiff_t>(from),
+                                       refs.begin() + static_cast<std::ptrdiff_t>(to));
+    co_await RenewChunk(std::move(chunk));
+  }
+  ArmDeadline();
+}
+
+store::Task<void> LeaseKeeper::RenewChunk(std::vector<store::LeaseRef> refs) {
   const auto sent_at = Clock::now();
   const auto ttl = settings_.ttl;
   std::vector<std::optional<store::TimePoint>> renewed;
@@ -135,14 +145,11 @@ store::Task<void> LeaseKeeper::RenewAll() {
               failure);
     // Give up the leases whose local deadline comes before the next renewal can land.
     const auto horizon = Clock::now() + settings_.renew_every / 2;
-    std::vector<store::LeaseId> expiring;
-    for (const auto& [id, h] : held_) {
-      if (h.local_deadline <= horizon)
-        expiring.push_back(id);
+    for (const auto& ref : refs) {
+      auto it = held_.find(ref.lease_id);
+      if (it != held_.end() && it->second.local_deadline <= horizon)
+        Lose(ref.lease_id, "could not be renewed before it expires (" + failure + ")");
     }
-    for (auto id : expiring)
-      Lose(id, "could not be renewed before it expires (" + failure + ")");
-    ArmDeadline();
     co_return;
   }
   for (std::size_t i = 0; i < refs.size(); ++i) {
@@ -156,7 +163,6 @@ store::Task<void> LeaseKeeper::RenewAll() {
       Lose(id, "renewal refused: the lease expired or was released");
     }
   }
-  ArmDeadline();
 }
 
 boost::asio::awaitable<void> LeaseKeeper::Loop() {

@@ -49,6 +49,10 @@ class LeaseKeeper {
   /// logged at info, not as a lost lease. on_lost is still called.
   void MarkHandedOff(store::LeaseId lease);
 
+  /// A renewal round renews at most this many leases per store call (see Scheduler's
+  /// kCompletionChunk: one statement for a whole cycle's leases ran into its deadline).
+  static constexpr std::size_t kRenewChunk = 5000;
+
   /// One renewal round now (the periodic loop calls this; tests call it directly).
   store::Task<void> RenewAll();
 
@@ -64,6 +68,9 @@ class LeaseKeeper {
   };
 
   boost::asio::awaitable<void> Loop();
+  /// Renews `refs` in one store call; on failure gives up those that expire before the next
+  /// round can land.
+  store::Task<void> RenewChunk(std::vector<store::LeaseRef> refs);
   void Lose(store::LeaseId id, const std::string& reason);
   /// Sets the deadline timer to the earliest local deadline of the held leases.
   /// Points the deadline timer at the earliest local deadline of the held leases.

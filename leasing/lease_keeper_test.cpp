@@ -4,6 +4,7 @@
 
 #include "store/memory/memory_store.hpp"
 #include "tests/support/async.hpp"
+#include "tests/support/flaky_store.hpp"
 
 namespace warp::leasing {
 namespace {
@@ -61,6 +62,41 @@ TEST_F(LeaseKeeperTest, RenewalExtendsEveryHeldLeaseInOneRound) {
     EXPECT_EQ(l.renewed_at, clock_.Now());
   }
   EXPECT_EQ(keeper.held(), 2u);
+}
+
+TEST_F(LeaseKeeperTest, ARoundRenewsInChunks) {
+  const auto n = LeaseKeeper::kRenewChunk + 1;
+  store::NewAgent a;
+  a.agent_slug = "bulk";
+  a.tool_profile_id = "erp";
+  a.runner = "r";
+  a.business_link = "spindle:req-2";
+  a.max_active_leases = static_cast<int>(n);
+  const auto bulk = test::Await(io_, store_.RegisterAgent(a)).agent_id;
+  auto run = test::Await(io_, store_.ClaimCycle({"bulk", "g", "i", 30s}));
+  store::DispatchBatch batch{run.run.run_id, run.run.cycle_id, "i", settings_.ttl, {}};
+  for (std::size_t i = 0; i < n; ++i) {
+    store::NewWork w;
+    w.agent_slug = "bulk";
+    w.kind = "sync";
+    w.idempotency_key = "bulk-" + std::to_string(i);
+    const auto item = test::Await(io_, store_.EnqueueWork(w, 3)).item;
+    batch.candidates.push_back({item.work_item_id, bulk, a.max_active_leases, std::nullopt, ""});
+  }
+  const auto claims = test::Await(io_, store_.ClaimDispatches(batch));
+  test::FlakyStore counted(store_);
+  LeaseKeeper keeper(io_.get_executor(), counted, settings_, logging::Logger());
+  int lost = 0;
+  for (const auto& c : claims)
+    keeper.Hold(*c.lease, "bulk", [&](std::string) { ++lost; });
+  clock_.Advance(20s);
+  test::Await(io_, keeper.RenewAll());
+  EXPECT_EQ(counted.renew_calls(), (std::vector<std::size_t>{LeaseKeeper::kRenewChunk, 1}));
+  EXPECT_EQ(lost, 0);
+  const auto leases = test::Await(io_, store_.ListLeases(bulk, true));
+  ASSERT_EQ(leases.size(), n);
+  for (const auto& l : leases)
+    EXPECT_EQ(l.expires_at, clock_.Now() + 30s);
 }
 
 TEST_F(LeaseKeeperTest, AnExpiredLeaseIsLostOnceAndNoLongerRenewed) {

@@ -298,22 +298,63 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
     }
     // In chunks, each dispatched as soon as it is claimed: a chunk's claim holds its row and
     // advisory locks for a fraction of a second instead of the whole batch's seconds, and the
-    // work of one chunk runs (and its completions are recorded on the pool's other
-    // connection) while the next is claimed.
-    const auto& all = batch.candidates;
-    for (std::size_t from = 0; from < all.size(); from += kClaimChunk) {
-      const std::size_t to = std::min(all.size(), from + kClaimChunk);
-      store::DispatchBatch chunk{batch.run_id, batch.cycle_id, batch.instance, batch.lease_ttl,
-                                 {},           batch.retry};
-      chunk.candidates.assign(all.begin() + static_cast<std::ptrdiff_t>(from),
-                              all.begin() + static_cast<std::ptrdiff_t>(to));
-      auto claims = co_await store_.ClaimDispatches(std::move(chunk));
-      Account(claims, report, by_id, runners);
+    // work of one chunk runs (and its completions are recorded on another connection) while
+    // the next is claimed. More than one chunk: kClaimLanes lanes at once, split by agent.
+    auto candidates = std::move(batch.candidates);
+    if (candidates.size() <= kClaimChunk) {
+      co_await ClaimLane(batch, std::move(candidates), report, by_id, runners);
+    } else {
+      std::vector<std::vector<store::DispatchCandidate>> lanes(kClaimLanes);
+      for (auto& c : candidates)
+        lanes[static_cast<std::size_t>(c.agent_id) % kClaimLanes].push_back(std::move(c));
+      // Joined by hand (Boost 1.74 has no awaitable operators): each lane counts itself out
+      // and the last one wakes the cycle; the first failure is the cycle's.
+      struct Join {
+        std::size_t running = 0;
+        std::exception_ptr failure;
+        boost::asio::steady_timer done;
+      };
+      auto join = std::make_shared<Join>(Join{0, nullptr, boost::asio::steady_timer(executor_)});
+      join->done.expires_at(boost::asio::steady_timer::time_point::max());
+      for (auto& lane : lanes) {
+        if (lane.empty())
+          continue;
+        ++join->running;
+        boost::asio::co_spawn(executor_, ClaimLane(batch, std::move(lane), report, by_id, runners),
+                              [join](std::exception_ptr e) {
+                                if (e && !join->failure)
+                                  join->failure = e;
+                                if (--join->running == 0)
+                                  join->done.cancel();
+                              });
+      }
+      while (join->running > 0) {
+        boost::system::error_code ec;
+        co_await join->done.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+      }
+      if (join->failure)
+        std::rethrow_exception(join->failure);
     }
   }
 
   co_await store_.FinishRun(report.run_id, store::RunStatus::kCompleted, counts, "");
   co_return report;
+}
+
+store::Task<void> Scheduler::ClaimLane(
+    const store::DispatchBatch& batch, std::vector<store::DispatchCandidate> candidates,
+    CycleReport& report, const std::unordered_map<store::AgentId, const store::Agent*>& by_id,
+    const RunnerSet& runners) {
+  for (std::size_t from = 0; from < candidates.size(); from += kClaimChunk) {
+    const std::size_t to = std::min(candidates.size(), from + kClaimChunk);
+    store::DispatchBatch chunk{batch.run_id, batch.cycle_id, batch.instance, batch.lease_ttl,
+                               {},           batch.retry};
+    chunk.candidates.assign(
+        std::make_move_iterator(candidates.begin() + static_cast<std::ptrdiff_t>(from)),
+        std::make_move_iterator(candidates.begin() + static_cast<std::ptrdiff_t>(to)));
+    auto claims = co_await store_.ClaimDispatches(std::move(chunk));
+    Account(claims, report, by_id, runners);
+  }
 }
 
 void Scheduler::Account(const std::vector<store::DispatchClaim>& claims, CycleReport& report,

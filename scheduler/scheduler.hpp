@@ -59,6 +59,11 @@ class Scheduler {
   /// A cycle claims its candidates in chunks of this many (one store call each) and starts
   /// each chunk's dispatches before claiming the next.
   static constexpr std::size_t kClaimChunk = 5000;
+  /// A cycle of more than one chunk splits its candidates by agent into this many lanes and
+  /// claims them at once, one store call per lane at a time: a claim keeps one database
+  /// backend busy, and two of them (with the completions beside them) use both cores of a
+  /// small host. Lanes never share an agent, so they never contend for its lock or bound.
+  static constexpr std::size_t kClaimLanes = 2;
   /// Finished dispatches are recorded in store calls of at most this many: a completion
   /// statement's cost grows faster than its size, and one of 40,000 ran into its deadline.
   static constexpr std::size_t kCompletionChunk = 5000;
@@ -118,6 +123,11 @@ class Scheduler {
                const RunnerSet& runners);
   void StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent,
                      const RunnerSet& runners);
+  /// Claims `candidates` in chunks of kClaimChunk, in order, accounting each chunk.
+  store::Task<void> ClaimLane(const store::DispatchBatch& batch,
+                              std::vector<store::DispatchCandidate> candidates, CycleReport& report,
+                              const std::unordered_map<store::AgentId, const store::Agent*>& by_id,
+                              const RunnerSet& runners);
   /// Queues a finished dispatch; completions that arrive while a batch is being recorded go
   /// into the next batch (one store round trip per batch, not per dispatch).
   void FinishDispatch(store::LeaseId lease_id, DispatchResult result);

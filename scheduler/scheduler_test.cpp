@@ -457,6 +457,26 @@ TEST_F(SchedulerTest, ACycleLargerThanOneClaimChunkDispatchesEveryItemOnce) {
     items.insert(d.request.work_id);
   EXPECT_EQ(items.size(), static_cast<std::size_t>(n)) << "every item dispatched once";
   EXPECT_EQ(Decisions(report.cycle_id).size(), static_cast<std::size_t>(n));
+  // Two lanes claimed at once, split by agent: no call mixes the lanes' agents, and each lane
+  // claimed in chunks (5,000 and 5,001 candidates: one call and two).
+  EXPECT_EQ(flaky_.max_concurrent_claims(), 2);
+  ASSERT_EQ(flaky_.claim_calls().size(), 3u);
+  for (const auto& call : flaky_.claim_calls()) {
+    std::set<std::size_t> lanes;
+    for (auto agent : call)
+      lanes.insert(static_cast<std::size_t>(agent) % Scheduler::kClaimLanes);
+    EXPECT_EQ(lanes.size(), 1u) << "a claim call spans lanes";
+  }
+}
+
+TEST_F(SchedulerTest, ACycleOfOneChunkClaimsInOneCall) {
+  Build();
+  for (int a = 0; a < 4; ++a)
+    Agent("erp-" + std::to_string(a), 2);
+  for (int i = 0; i < 8; ++i)
+    Enqueue("erp-" + std::to_string(i % 4));
+  EXPECT_EQ(Cycle().counts.dispatched, 8);
+  EXPECT_EQ(flaky_.claim_calls().size(), 1u);
 }
 
 TEST_F(SchedulerTest, CompletionsAreRecordedInChunks) {

@@ -1,11 +1,18 @@
 // A Store that forwards every call to another one, and can make CompleteWorkBatch fail the way
 // a database outage does: before the call reaches the store (nothing applied), or after it
 // (applied, but the answer lost, as when a connection breaks between COMMIT and its reply).
+// ClaimDispatches yields to the event loop first, as a real round trip does, so that
+// concurrent claims overlap; it records the agents of each call and how many ran at once.
 #pragma once
 
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
 
+#include <algorithm>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <cstddef>
+#include <set>
 #include <vector>
 
 #include "store/store.hpp"
@@ -38,6 +45,25 @@ class FlakyStore final : public store::Store {
                               "connection lost (injected, after the store applied it)");
     }
     co_return results;
+  }
+
+  /// The agents of each ClaimDispatches call, in call order.
+  const std::vector<std::set<store::AgentId>>& claim_calls() const { return claim_calls_; }
+  /// The most ClaimDispatches calls that were in flight at once.
+  int max_concurrent_claims() const { return max_concurrent_claims_; }
+
+  store::Task<std::vector<store::DispatchClaim>> ClaimDispatches(store::DispatchBatch b) override {
+    std::set<store::AgentId> agents;
+    for (const auto& c : b.candidates)
+      agents.insert(c.agent_id);
+    claim_calls_.push_back(std::move(agents));
+    ++concurrent_claims_;
+    max_concurrent_claims_ = std::max(max_concurrent_claims_, concurrent_claims_);
+    co_await boost::asio::post(co_await boost::asio::this_coro::executor,
+                               boost::asio::use_awaitable);
+    auto claims = co_await inner_.ClaimDispatches(std::move(b));
+    --concurrent_claims_;
+    co_return claims;
   }
 
   store::Task<store::TimePoint> Now() override { return inner_.Now(); }
@@ -84,11 +110,11 @@ class FlakyStore final : public store::Store {
   store::Task<std::vector<store::DispatchDecision>> ListDecisions(std::string cycle_id) override {
     return inner_.ListDecisions(std::move(cycle_id));
   }
-  store::Task<std::vector<store::DispatchClaim>> ClaimDispatches(store::DispatchBatch b) override {
-    return inner_.ClaimDispatches(std::move(b));
-  }
+  /// The sizes of the RenewLeases calls.
+  const std::vector<std::size_t>& renew_calls() const { return renew_calls_; }
   store::Task<std::vector<std::optional<store::TimePoint>>> RenewLeases(
       std::vector<store::LeaseRef> leases, store::Duration ttl) override {
+    renew_calls_.push_back(leases.size());
     return inner_.RenewLeases(std::move(leases), ttl);
   }
   store::Task<std::vector<store::Lease>> ListLeases(std::optional<store::AgentId> agent,
@@ -120,6 +146,10 @@ class FlakyStore final : public store::Store {
   int fail_before_ = 0;
   int fail_after_ = 0;
   std::vector<std::size_t> completion_calls_;
+  std::vector<std::size_t> renew_calls_;
+  std::vector<std::set<store::AgentId>> claim_calls_;
+  int concurrent_claims_ = 0;
+  int max_concurrent_claims_ = 0;
 };
 
 }  // namespace warp::test
