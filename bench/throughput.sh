@@ -42,6 +42,7 @@ sql() { psql "$bench_dsn" -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
 
 work=$(mktemp -d /tmp/warp-bench.XXXXXX)
 pids=()
+warpds=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -114,6 +115,7 @@ $runner_toml
 TOML
   "$build/daemon/warpd" --config "$work/warpd-$i.toml" 2>"$work/warpd-$i.log" &
   pids+=($!)
+  warpds+=($!)
 done
 
 deadline=$((SECONDS + timeout))
@@ -124,6 +126,14 @@ while :; do
   busy=$(sql "SELECT EXISTS (SELECT 1 FROM warp.work_queue WHERE state IN ('pending', 'failed'))
                   OR EXISTS (SELECT 1 FROM warp.open_leases WHERE expires_at > now())")
   [[ $busy == f ]] && break
+  for pid in "${warpds[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "throughput: warpd (pid $pid) exited before the work was done; logs in $work" >&2
+      tail -n 3 "$work"/warpd-*.log >&2
+      KEEP=1
+      exit 1
+    fi
+  done
   if ((SECONDS > deadline)); then
     left=$(sql "SELECT count(*) FROM warp.work_items WHERE state IN ('pending', 'failed', 'dispatched')")
     echo "throughput: $left item(s) not done after ${timeout}s; logs in $work" >&2

@@ -90,9 +90,9 @@ std::unique_ptr<store::Store> MakeStore(const config::Settings& settings,
   pg.pool.password = config::DatabasePassword(s, config_dir);
   pg.pool.connect_timeout = s.connect_timeout;
   pg.pool.acquire_timeout = s.connect_timeout;
-  // Two claim lanes (Scheduler::kClaimLanes), completions, and one for the rest (heartbeats,
-  // renewals, the watchdog), so that these do not queue behind the claims and completions.
-  pg.pool.size = 4;
+  // Claim lanes and completion lanes (Scheduler::kClaimLanes, kCompletionLanes), and one for
+  // the rest (heartbeats, renewals, the watchdog), so that these do not queue behind them.
+  pg.pool.size = scheduler::Scheduler::kClaimLanes + scheduler::Scheduler::kCompletionLanes + 1;
   pg.pool.session_setup = "SET TIME ZONE 'UTC'";
   return std::make_unique<store::postgres::PostgresStore>(executor, std::move(pg), log);
 }

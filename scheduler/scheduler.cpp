@@ -440,10 +440,12 @@ void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Ag
 
 void Scheduler::FinishDispatch(store::LeaseId lease_id, DispatchResult result) {
   finished_.emplace_back(lease_id, std::move(result));
-  if (!recording_) {
-    // Marked before the coroutine starts (it starts on a later turn of the loop, by then
+  // One recorder batches whatever finished meanwhile; a second joins only when a whole chunk
+  // waits behind the first (the database, not the batching, is then what holds them back).
+  if (recorders_ == 0 || (recorders_ < kCompletionLanes && finished_.size() >= kCompletionChunk)) {
+    // Counted before the coroutine starts (it starts on a later turn of the loop, by then
     // holding everything that finished meanwhile).
-    recording_ = true;
+    ++recorders_;
     boost::asio::co_spawn(executor_, RecordCompletions(), boost::asio::detached);
   }
 }
@@ -545,7 +547,7 @@ store::Task<void> Scheduler::RecordCompletions() {
     for (const auto& done : batch)
       inflight_.erase(done.first);
   }
-  recording_ = false;
+  --recorders_;
   NotifyIfIdle();
 }
 
@@ -577,17 +579,18 @@ store::Task<std::vector<store::CompletionResult>> Scheduler::CompleteWithRetry(
 }
 
 void Scheduler::NotifyIfIdle() {
-  if (inflight_.empty() && !cycle_running_ && !recording_)
+  if (inflight_.empty() && !cycle_running_ && recorders_ == 0)
     idle_timer_.cancel();
 }
 
 store::Task<bool> Scheduler::WaitIdle(std::chrono::steady_clock::time_point deadline) {
-  while ((cycle_running_ || recording_ || !inflight_.empty()) && SteadyClock::now() < deadline) {
+  while ((cycle_running_ || recorders_ > 0 || !inflight_.empty()) &&
+         SteadyClock::now() < deadline) {
     idle_timer_.expires_at(deadline);
     boost::system::error_code ec;
     co_await idle_timer_.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
   }
-  co_return !cycle_running_ && !recording_ && inflight_.empty();
+  co_return !cycle_running_ && recorders_ == 0 && inflight_.empty();
 }
 
 store::Task<void> Scheduler::Drain(store::Duration grace) {

@@ -67,6 +67,8 @@ class Scheduler {
   /// Finished dispatches are recorded in store calls of at most this many: a completion
   /// statement's cost grows faster than its size, and one of 40,000 ran into its deadline.
   static constexpr std::size_t kCompletionChunk = 5000;
+  /// At most this many completion calls at once: a second starts when a whole chunk waits.
+  static constexpr std::size_t kCompletionLanes = 2;
   /// A completion call that failed for want of the database (timeout, lost connection, no
   /// free connection) is retried after this, doubling up to kCompletionRetryMax, until the
   /// lease TTL has passed since the first attempt. A retry is safe: the fencing check refuses
@@ -154,7 +156,7 @@ class Scheduler {
   boost::asio::steady_timer idle_timer_;  // cancelled when the last dispatch finishes
   std::map<store::LeaseId, Inflight> inflight_;
   std::deque<std::pair<store::LeaseId, DispatchResult>> finished_;  // awaiting RecordCompletions
-  bool recording_ = false;  // a RecordCompletions coroutine runs
+  std::size_t recorders_ = 0;  // RecordCompletions coroutines running (kCompletionLanes at most)
   std::mt19937_64 jitter_rng_{std::random_device{}()};
   bool ticking_ = false;
   bool cycle_running_ = false;

@@ -493,9 +493,25 @@ TEST_F(SchedulerTest, CompletionsAreRecordedInChunks) {
     runner_->Finish(i, {DispatchResult::Status::kDone, "", true});
   test::RunFor(io_, 2s);
   EXPECT_THAT(flaky_.completion_calls(), ::testing::ElementsAre(Scheduler::kCompletionChunk, 1u));
+  EXPECT_EQ(flaky_.max_concurrent_completions(), 2) << "a whole chunk waited: a second lane";
   EXPECT_EQ(scheduler_->inflight(), 0u);
   EXPECT_EQ(test::Await(io_, store_.ListWork(WorkState::kDone)).size(),
             static_cast<std::size_t>(n));
+}
+
+TEST_F(SchedulerTest, CompletionsThatFinishTogetherAreRecordedInOneCall) {
+  Build();
+  for (int a = 0; a < 3; ++a) {
+    Agent("erp-" + std::to_string(a), 1);
+    Enqueue("erp-" + std::to_string(a));
+  }
+  ASSERT_EQ(Cycle().counts.dispatched, 3);
+  for (std::size_t i = 0; i < 3; ++i)
+    runner_->Finish(i, {DispatchResult::Status::kDone, "", true});
+  Settle();
+  EXPECT_THAT(flaky_.completion_calls(), ::testing::ElementsAre(3u));
+  EXPECT_EQ(flaky_.max_concurrent_completions(), 1);
+  EXPECT_EQ(scheduler_->inflight(), 0u);
 }
 
 TEST_F(SchedulerTest, ACompletionTheStoreCouldNotTakeIsRetriedUntilRecorded) {

@@ -1,8 +1,8 @@
 // A Store that forwards every call to another one, and can make CompleteWorkBatch fail the way
 // a database outage does: before the call reaches the store (nothing applied), or after it
 // (applied, but the answer lost, as when a connection breaks between COMMIT and its reply).
-// ClaimDispatches yields to the event loop first, as a real round trip does, so that
-// concurrent claims overlap; it records the agents of each call and how many ran at once.
+// ClaimDispatches and CompleteWorkBatch yield to the event loop first, as a real round trip
+// does, so that concurrent calls overlap; they record their calls and how many ran at once.
 #pragma once
 
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
@@ -27,12 +27,19 @@ class FlakyStore final : public store::Store {
   void FailCompletionsBefore(int n) { fail_before_ = n; }
   /// The next `n` CompleteWorkBatch calls reach the store, then fail with kUnavailable.
   void FailCompletionsAfter(int n) { fail_after_ = n; }
+  /// The most CompleteWorkBatch calls that were in flight at once.
+  int max_concurrent_completions() const { return max_concurrent_completions_; }
   /// The sizes of the CompleteWorkBatch calls, failed ones included.
   const std::vector<std::size_t>& completion_calls() const { return completion_calls_; }
 
   store::Task<std::vector<store::CompletionResult>> CompleteWorkBatch(
       std::vector<store::Completion> completions, store::RetryPolicy retry) override {
     completion_calls_.push_back(completions.size());
+    ++concurrent_completions_;
+    max_concurrent_completions_ = std::max(max_concurrent_completions_, concurrent_completions_);
+    co_await boost::asio::post(co_await boost::asio::this_coro::executor,
+                               boost::asio::use_awaitable);
+    --concurrent_completions_;
     if (fail_before_ > 0) {
       --fail_before_;
       throw store::StoreError(store::StoreError::Kind::kUnavailable,
@@ -149,6 +156,8 @@ class FlakyStore final : public store::Store {
   std::vector<std::size_t> renew_calls_;
   std::vector<std::set<store::AgentId>> claim_calls_;
   int concurrent_claims_ = 0;
+  int concurrent_completions_ = 0;
+  int max_concurrent_completions_ = 0;
   int max_concurrent_claims_ = 0;
 };
 
