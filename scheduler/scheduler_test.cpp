@@ -114,6 +114,17 @@ class SchedulerTest : public ::testing::Test {
     return test::Await(io_, store_.EnqueueWork(w, settings_.scheduler.max_attempts)).item;
   }
 
+  /// Build() for cycles of up to n dispatches, with n items spread over 10 agents of bound n.
+  void BuildWithSpreadWork(int n) {
+    settings_.scheduler.max_dispatch_per_cycle = n;
+    settings_.scheduler.max_inflight = n;
+    Build();
+    for (int a = 0; a < 10; ++a)
+      Agent("erp-" + std::to_string(a), n);
+    for (int i = 0; i < n; ++i)
+      Enqueue("erp-" + std::to_string(i % 10));
+  }
+
   CycleReport Cycle() { return test::Await(io_, scheduler_->RunCycle()); }
   store::WorkItem Work(store::WorkItemId id) { return *test::Await(io_, store_.GetWork(id)); }
   std::vector<store::DispatchDecision> Decisions(const std::string& cycle_id) {
@@ -441,13 +452,7 @@ TEST_F(SchedulerTest, DispatchesPerCycleAreCappedByMaxDispatchAndMaxInflight) {
 
 TEST_F(SchedulerTest, ACycleLargerThanOneClaimChunkDispatchesEveryItemOnce) {
   const int n = static_cast<int>(2 * Scheduler::kClaimChunk + 1);
-  settings_.scheduler.max_dispatch_per_cycle = n;
-  settings_.scheduler.max_inflight = n;
-  Build();
-  for (int a = 0; a < 10; ++a)
-    Agent("erp-" + std::to_string(a), n);
-  for (int i = 0; i < n; ++i)
-    Enqueue("erp-" + std::to_string(i % 10));
+  BuildWithSpreadWork(n);
   const auto report = Cycle();
   EXPECT_EQ(report.counts.due, n);
   EXPECT_EQ(report.counts.dispatched, n);
@@ -481,13 +486,7 @@ TEST_F(SchedulerTest, ACycleOfOneChunkClaimsInOneCall) {
 
 TEST_F(SchedulerTest, CompletionsAreRecordedInChunks) {
   const int n = static_cast<int>(Scheduler::kCompletionChunk + 1);
-  settings_.scheduler.max_dispatch_per_cycle = n;
-  settings_.scheduler.max_inflight = n;
-  Build();
-  for (int a = 0; a < 10; ++a)
-    Agent("erp-" + std::to_string(a), n);
-  for (int i = 0; i < n; ++i)
-    Enqueue("erp-" + std::to_string(i % 10));
+  BuildWithSpreadWork(n);
   ASSERT_EQ(Cycle().counts.dispatched, n);
   for (std::size_t i = 0; i < runner_->dispatches.size(); ++i)
     runner_->Finish(i, {DispatchResult::Status::kDone, "", true});
