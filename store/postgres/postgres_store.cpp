@@ -277,15 +277,15 @@ std::optional<std::string> Optional(const std::string& s) {
 }  // namespace
 
 namespace {
-/// The server's side of a statement deadline. When a deadline fires the client closes the
-/// connection, but the server only notices a closed socket when it next writes to it, so an
-/// abandoned claim would go on holding its row and advisory locks until it finished. The
-/// server now checks its client every second and gives up a statement shortly after the
-/// client has.
-/// work_mem: a cycle's due scan sorts up to kDueScanFactor * max_dispatch_per_cycle narrow
-/// rows and a claim sorts its chunk; the default 4 MB made both spill to disk at 40,000 items.
-/// jit: compiling a statement costs more than the statements of this workload run for.
-PostgresStoreSettings WithServerDeadlines(PostgresStoreSettings settings) {
+/// `settings` with the store's own session settings after the caller's:
+/// - The server's side of a statement deadline. When a deadline fires the client closes the
+///   connection, but the server only notices a closed socket when it next writes to it, so an
+///   abandoned claim would go on holding its row and advisory locks until it finished. The
+///   server checks its client every second and gives up a statement shortly after the client.
+/// - work_mem: a cycle's due scan sorts up to kDueScanFactor * max_dispatch_per_cycle narrow
+///   rows and a claim sorts its chunk; the default 4 MB made both spill to disk at 40,000 items.
+/// - jit: compiling a statement costs more than the statements of this workload run for.
+PostgresStoreSettings WithSessionSettings(PostgresStoreSettings settings) {
   const auto server_timeout = settings.statement_timeout + std::chrono::seconds(2);
   std::string setup = fmt::format(
       "SET client_connection_check_interval = '1s'; SET statement_timeout = '{}ms'; "
@@ -300,7 +300,7 @@ PostgresStoreSettings WithServerDeadlines(PostgresStoreSettings settings) {
 
 PostgresStore::PostgresStore(boost::asio::any_io_executor executor, PostgresStoreSettings settings,
                              logging::Logger log)
-    : settings_(WithServerDeadlines(std::move(settings))),
+    : settings_(WithSessionSettings(std::move(settings))),
       log_(log),
       pool_(executor, settings_.pool, std::move(log)) {}
 
