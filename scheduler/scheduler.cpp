@@ -302,7 +302,7 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
     // the next is claimed. More than one chunk: kClaimLanes lanes at once, split by agent.
     auto candidates = std::move(batch.candidates);
     if (candidates.size() <= kClaimChunk) {
-      co_await ClaimLane(batch, std::move(candidates), report, by_id, runners);
+      co_await ClaimLane(batch, std::move(candidates), kClaimChunk, report, by_id, runners);
     } else {
       std::vector<std::vector<store::DispatchCandidate>> lanes(kClaimLanes);
       for (auto& c : candidates)
@@ -320,13 +320,15 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
         if (lane.empty())
           continue;
         ++join->running;
-        boost::asio::co_spawn(executor_, ClaimLane(batch, std::move(lane), report, by_id, runners),
-                              [join](std::exception_ptr e) {
-                                if (e && !join->failure)
-                                  join->failure = e;
-                                if (--join->running == 0)
-                                  join->done.cancel();
-                              });
+        boost::asio::co_spawn(
+            executor_,
+            ClaimLane(batch, std::move(lane), kClaimChunk / kClaimLanes, report, by_id, runners),
+            [join](std::exception_ptr e) {
+              if (e && !join->failure)
+                join->failure = e;
+              if (--join->running == 0)
+                join->done.cancel();
+            });
       }
       while (join->running > 0) {
         boost::system::error_code ec;
@@ -343,10 +345,11 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
 
 store::Task<void> Scheduler::ClaimLane(
     const store::DispatchBatch& batch, std::vector<store::DispatchCandidate> candidates,
-    CycleReport& report, const std::unordered_map<store::AgentId, const store::Agent*>& by_id,
+    std::size_t chunk_size, CycleReport& report,
+    const std::unordered_map<store::AgentId, const store::Agent*>& by_id,
     const RunnerSet& runners) {
-  for (std::size_t from = 0; from < candidates.size(); from += kClaimChunk) {
-    const std::size_t to = std::min(candidates.size(), from + kClaimChunk);
+  for (std::size_t from = 0; from < candidates.size(); from += chunk_size) {
+    const std::size_t to = std::min(candidates.size(), from + chunk_size);
     store::DispatchBatch chunk{batch.run_id, batch.cycle_id, batch.instance, batch.lease_ttl,
                                {},           batch.retry};
     chunk.candidates.assign(

@@ -63,6 +63,9 @@ class Scheduler {
   /// claims them at once, one store call per lane at a time: a claim keeps one database
   /// backend busy, and two of them (with the completions beside them) use both cores of a
   /// small host. Lanes never share an agent, so they never contend for its lock or bound.
+  /// A lane's chunks are kClaimChunk / kClaimLanes: the advisory locks held at once (one per
+  /// agent of a chunk, until it commits) stay within one chunk's, which PostgreSQL's default
+  /// lock table (64 x 100 entries) holds.
   static constexpr std::size_t kClaimLanes = 2;
   /// Finished dispatches are recorded in store calls of at most this many: a completion
   /// statement's cost grows faster than its size, and one of 40,000 ran into its deadline.
@@ -125,9 +128,10 @@ class Scheduler {
                const RunnerSet& runners);
   void StartDispatch(const store::DispatchClaim& claim, const store::Agent& agent,
                      const RunnerSet& runners);
-  /// Claims `candidates` in chunks of kClaimChunk, in order, accounting each chunk.
+  /// Claims `candidates` in chunks of `chunk_size`, in order, accounting each chunk.
   store::Task<void> ClaimLane(const store::DispatchBatch& batch,
-                              std::vector<store::DispatchCandidate> candidates, CycleReport& report,
+                              std::vector<store::DispatchCandidate> candidates,
+                              std::size_t chunk_size, CycleReport& report,
                               const std::unordered_map<store::AgentId, const store::Agent*>& by_id,
                               const RunnerSet& runners);
   /// Queues a finished dispatch; completions that arrive while a batch is being recorded go
