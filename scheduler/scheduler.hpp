@@ -67,8 +67,9 @@ class Scheduler {
   /// agent of a chunk, until it commits) stay within one chunk's, which PostgreSQL's default
   /// lock table (64 x 100 entries) holds.
   static constexpr std::size_t kClaimLanes = 2;
-  /// Finished dispatches are recorded in store calls of at most this many: a completion
-  /// statement's cost grows faster than its size, and one of 40,000 ran into its deadline.
+  /// Finished dispatches are recorded in store calls of at most this many, so that one
+  /// statement stays well within its deadline (one of 40,000 ran into it) and in-flight slots
+  /// free up chunk by chunk rather than all at the end.
   static constexpr std::size_t kCompletionChunk = 5000;
   /// At most this many completion calls at once: a second starts when a whole chunk waits.
   static constexpr std::size_t kCompletionLanes = 2;
