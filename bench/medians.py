@@ -27,7 +27,9 @@ def main(path):
                 continue
             words = line.split()
             name = tuple(w for w in words if "=" not in w)
-            fields = [w.split("=", 1) for w in words if "=" in w]
+            # decisions= (counts by verdict) describes a round; it is not a figure.
+            fields = [w.split("=", 1) for w in words
+                      if "=" in w and not w.startswith("decisions=")]
             ident = name + tuple(f"{k}={v}" for k, v in fields
                                  if k in ("instances", "clients", "agents", "jobs", "bound")
                                  or not is_number(v))

@@ -14,7 +14,8 @@
 # also max_inflight; 2000 for http, whose runner opens at most 64 connections per host and
 # queues the rest: 128 made the cap, not the runner, the limit), INTERVAL (1s),
 # LOG_LEVEL (info), TIMEOUT (600 seconds), RUNNER (null | http | notify), HTTP_PORT (18088).
-# Prints: `warpd instances=N agents=A items=I seconds=S items_per_s=R` and the scratch
+# Prints: `warpd instances=N agents=A items=I seconds=S items_per_s=R cycles=C selected=D decisions=...`
+# (due items selected by all cycles; the decisions recorded, by verdict) and the scratch
 # database is dropped at the end.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -158,4 +159,10 @@ seconds=$(sql "SELECT round(extract(epoch FROM max(released_at) - min(acquired_a
                  FROM warp.agent_leases")
 rate=$(awk -v n="$items" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }')
 cycles=$(sql "SELECT count(*) FROM warp.scheduler_runs WHERE (counts->>'dispatched')::int > 0")
-echo "warpd runner=$runner instances=$instances agents=$agents items=$items bound=$bound seconds=$seconds items_per_s=$rate cycles=$cycles"
+# Due items the cycles selected, all told: above ITEMS, concurrent cycles selected the same work.
+selected=$(sql "SELECT coalesce(sum((counts->>'due')::bigint), 0) FROM warp.scheduler_runs")
+# Every decision the cycles recorded, by verdict: what they wrote beside the dispatches.
+decisions=$(sql "SELECT string_agg(decision || ':' || n, ',' ORDER BY decision)
+                   FROM (SELECT decision, count(*) AS n FROM warp.dispatch_decisions
+                          GROUP BY decision) d")
+echo "warpd runner=$runner instances=$instances agents=$agents items=$items bound=$bound seconds=$seconds items_per_s=$rate cycles=$cycles selected=$selected decisions=$decisions"

@@ -356,6 +356,11 @@ class Daemon {
         status = fmt::format("cycle {}: handled by another instance; {} in flight", r.cycle_id,
                              scheduler_->inflight());
         break;
+      case O::kGroupBusy:
+        status =
+            fmt::format("cycle {}: skipped while cycle {} runs on {}; {} in flight", r.cycle_id,
+                        r.blocked_by.cycle_id, r.blocked_by.instance, scheduler_->inflight());
+        break;
       case O::kFailed:
         status = fmt::format("degraded: cycle {} failed: {}",
                              r.cycle_id.empty() ? "(slot unknown)" : r.cycle_id, r.error);

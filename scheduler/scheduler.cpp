@@ -194,6 +194,17 @@ store::Task<CycleReport> Scheduler::RunCycle(std::optional<std::int64_t> slot) {
   co_return report;
 }
 
+struct Scheduler::RunBeat {
+  explicit RunBeat(const boost::asio::any_io_executor& executor)
+      : timer(executor), stopped(executor) {
+    stopped.expires_at(boost::asio::steady_timer::time_point::max());
+  }
+  bool done = false;                  // the cycle is over
+  bool running = true;                // HeartbeatRun has not returned yet
+  boost::asio::steady_timer timer;    // the next heartbeat; cancelled when done
+  boost::asio::steady_timer stopped;  // cancelled when HeartbeatRun returns
+};
+
 store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t> slot,
                                                       CycleReport& report) {
   const auto now = co_await store_.Now();
@@ -211,12 +222,21 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
       const bool completed = claim.outcome == store::ClaimResult::Outcome::kAlreadyCompleted;
       report.outcome = completed ? CycleReport::Outcome::kAlreadyCompleted
                                  : CycleReport::Outcome::kRunningElsewhere;
+      report.blocked_by = claim.run;
       log_.Info(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = claim.run.run_id},
                 "cycle {} {} {} (run {}); skipped", report.cycle_id,
                 completed ? "already completed by" : "is running under", claim.run.instance,
                 claim.run.run_id);
       co_return report;
     }
+    case store::ClaimResult::Outcome::kGroupBusy:
+      report.outcome = CycleReport::Outcome::kGroupBusy;
+      report.blocked_by = claim.run;
+      log_.Info(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = claim.run.run_id},
+                "cycle {} skipped: cycle {} of group {} is still running under {} (run {})",
+                report.cycle_id, claim.run.cycle_id, daemon_.group, claim.run.instance,
+                claim.run.run_id);
+      co_return report;
     case store::ClaimResult::Outcome::kTookOver:
       report.took_over = true;
       log_.Warn(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = claim.run.run_id},
@@ -227,6 +247,56 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
       break;
   }
   report.run_id = claim.run.run_id;
+
+  // Joined by hand, like the claim lanes: the heartbeat ends before the cycle returns, whether
+  // it finished or threw.
+  auto beat = std::make_shared<RunBeat>(executor_);
+  boost::asio::co_spawn(executor_, HeartbeatRun(report, beat), [beat](const std::exception_ptr&) {
+    beat->running = false;
+    beat->stopped.cancel();
+  });
+  std::exception_ptr failure;
+  try {
+    co_await RunClaimedCycle(now, report);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  beat->done = true;
+  beat->timer.cancel();
+  while (beat->running) {
+    boost::system::error_code ec;
+    co_await beat->stopped.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+  }
+  if (failure)
+    std::rethrow_exception(failure);
+  co_return report;
+}
+
+store::Task<void> Scheduler::HeartbeatRun(CycleReport& report, std::shared_ptr<RunBeat> beat) {
+  const auto every =
+      std::max<store::Duration>(std::chrono::milliseconds(100), settings_.takeover_after / 3);
+  while (!beat->done) {
+    beat->timer.expires_after(every);
+    boost::system::error_code ec;
+    co_await beat->timer.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    if (beat->done)
+      break;
+    try {
+      if (!co_await store_.HeartbeatRun(report.run_id)) {
+        log_.Warn(Event::kCycleSkipped, {.cycle_id = report.cycle_id, .run_id = report.run_id},
+                  "cycle {}: run {} is no longer running (taken over after a missed "
+                  "heartbeat); its claims go on, each decision is recorded once per cycle",
+                  report.cycle_id, report.run_id);
+        co_return;
+      }
+    } catch (const std::exception& e) {
+      log_.Warn(Event::kStoreError, {.cycle_id = report.cycle_id, .run_id = report.run_id},
+                "cannot heartbeat run {}: {}", report.run_id, e.what());
+    }
+  }
+}
+
+store::Task<void> Scheduler::RunClaimedCycle(store::TimePoint now, CycleReport& report) {
   auto& counts = report.counts;
 
   counts.requeued = co_await store_.RequeueExpiredWork();
@@ -340,7 +410,6 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
   }
 
   co_await store_.FinishRun(report.run_id, store::RunStatus::kCompleted, counts, "");
-  co_return report;
 }
 
 store::Task<void> Scheduler::ClaimLane(

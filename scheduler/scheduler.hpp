@@ -34,10 +34,12 @@ namespace warp::scheduler {
 
 /// What one call of RunCycle did.
 struct CycleReport {
-  enum class Outcome { kRan, kAlreadyCompleted, kRunningElsewhere, kFailed };
+  enum class Outcome { kRan, kAlreadyCompleted, kRunningElsewhere, kGroupBusy, kFailed };
   Outcome outcome = Outcome::kRan;
   std::string cycle_id;
   store::RunId run_id = 0;
+  /// For kAlreadyCompleted, kRunningElsewhere and kGroupBusy: the run in the way.
+  store::SchedulerRun blocked_by;
   bool took_over = false;
   store::RunCounts counts;
   std::chrono::milliseconds duration{0};
@@ -120,6 +122,13 @@ class Scheduler {
   };
 
   store::Task<CycleReport> RunCycleUnguarded(std::optional<std::int64_t> slot, CycleReport& report);
+  /// The cycle after its run was claimed: materialize, select, claim, dispatch, finish.
+  store::Task<void> RunClaimedCycle(store::TimePoint now, CycleReport& report);
+  /// Heartbeats the cycle's run every takeover_after / 3 until `beat->done` (see
+  /// migrations/0009: a run that stops heartbeating is taken over, and stops holding the
+  /// group's other cycles back).
+  struct RunBeat;
+  store::Task<void> HeartbeatRun(CycleReport& report, std::shared_ptr<RunBeat> beat);
   /// Counts a chunk's recorded decisions into the report and starts its dispatches.
   /// `runners` is the set the cycle's candidates were built with: a reload while the claim
   /// runs must not hand a claimed dispatch to another transport (a notify dispatch's notice

@@ -241,6 +241,48 @@ TEST_F(SchedulerTest, ACycleRunningUnderALiveOwnerIsSkipped) {
   EXPECT_EQ(Cycle().outcome, CycleReport::Outcome::kRunningElsewhere);
 }
 
+TEST_F(SchedulerTest, ACycleIsSkippedWhileAnotherCycleOfTheGroupRunsUnderALiveOwner) {
+  Build();
+  Agent("erp-sales", 3);
+  const auto item = Enqueue("erp-sales");
+  // Another instance is still running the previous slot's cycle.
+  const auto slot = SlotAt(clock_.Now(), settings_.scheduler.interval);
+  const auto previous = CycleId("default", settings_.scheduler.interval, slot.index - 1);
+  auto other = test::Await(io_, store_.ClaimCycle({previous, "default", "test-b", 5s}));
+  ASSERT_EQ(other.outcome, store::ClaimResult::Outcome::kClaimed);
+
+  const auto skipped = Cycle();
+  EXPECT_EQ(skipped.outcome, CycleReport::Outcome::kGroupBusy);
+  EXPECT_EQ(skipped.blocked_by.run_id, other.run.run_id);
+  EXPECT_EQ(skipped.blocked_by.cycle_id, previous);
+  EXPECT_EQ(skipped.blocked_by.instance, "test-b");
+  EXPECT_TRUE(runner_->dispatches.empty());
+  EXPECT_EQ(Work(item.work_item_id).state, WorkState::kPending);
+  EXPECT_TRUE(test::Await(io_, store_.ListRuns(skipped.cycle_id)).empty());
+
+  // Once it finished, the next slot's cycle runs (this slot's tick was skipped for good).
+  test::Await(io_, store_.FinishRun(other.run.run_id, store::RunStatus::kCompleted, {}, ""));
+  clock_.Advance(settings_.scheduler.interval);
+  EXPECT_EQ(Cycle().outcome, CycleReport::Outcome::kRan);
+  EXPECT_EQ(runner_->dispatches.size(), 1u);
+}
+
+TEST_F(SchedulerTest, ARunHeartbeatsWhileItsCycleRunsAndStopsWhenItEnds) {
+  settings_.scheduler.takeover_after = 300ms;  // a heartbeat every 100 ms
+  Build();
+  Agent("erp-sales", 3);
+  Enqueue("erp-sales");
+  flaky_.HoldClaims(450ms);
+  const auto report = Cycle();
+  ASSERT_EQ(report.outcome, CycleReport::Outcome::kRan);
+  const auto beats = flaky_.run_heartbeats();
+  EXPECT_GE(beats.size(), 2u);  // 4 on time; a slow machine may fire late, never early
+  for (const auto run : beats)
+    EXPECT_EQ(run, report.run_id);
+  test::RunFor(io_, 300ms);
+  EXPECT_EQ(flaky_.run_heartbeats().size(), beats.size()) << "the heartbeat outlived its cycle";
+}
+
 TEST_F(SchedulerTest, TakeoverAfterACrashDispatchesNothingTwice) {
   Build();
   const auto agent = Agent("erp-sales", 3);

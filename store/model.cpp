@@ -92,6 +92,8 @@ std::string_view ToString(ClaimResult::Outcome v) {
       return "already_completed";
     case ClaimResult::Outcome::kRunningElsewhere:
       return "running_elsewhere";
+    case ClaimResult::Outcome::kGroupBusy:
+      return "group_busy";
   }
   return "?";
 }

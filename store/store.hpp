@@ -70,9 +70,10 @@ struct ClaimResult {
     kTookOver,          ///< a stale running run was marked abandoned; a new run owns the cycle
     kAlreadyCompleted,  ///< the cycle is done: skip it
     kRunningElsewhere,  ///< another live run owns it: skip it
+    kGroupBusy,         ///< another cycle of the group runs under a live owner: skip this one
   };
   Outcome outcome = Outcome::kClaimed;
-  SchedulerRun run;                    ///< the new run, or the one that blocks the claim
+  SchedulerRun run;  ///< the new run, or the one that blocks the claim (its own cycle_id)
   std::optional<RunId> abandoned_run;  ///< for kTookOver
 };
 

@@ -182,7 +182,7 @@ class PostgresHarness final : public Harness {
     EnsureTemplate();
     static std::atomic<int> counter{0};
     database_ = "warp_contract_" + std::to_string(::getpid()) + "_" + std::to_string(++counter);
-    Admin("CREATE DATABASE " + database_ + " TEMPLATE warp_contract_template");
+    Admin("CREATE DATABASE " + database_ + " TEMPLATE " + template_);
     postgres::PostgresStoreSettings settings;
     settings.pool.conninfo = dsn_ + " dbname=" + database_;
     settings.pool.size = 1;  // PinNowForTests sets a session variable
@@ -217,42 +217,61 @@ class PostgresHarness final : public Harness {
  private:
   void Admin(const std::string& script) { Run(io_, admin_.ExecuteScript(script, seconds(30))); }
 
-  /// Creates warp_contract_template with every migration applied, once per test process
+  /// Creates a template database with every migration applied, once per test process
   /// (another process may have made it already: then it is used as it is).
   void EnsureTemplate() {
-    static bool done = false;
-    if (done)
+    static std::string name;
+    if (!name.empty()) {
+      template_ = name;
       return;
+    }
+    std::vector<std::filesystem::path> files;
+    for (const auto& e : std::filesystem::directory_iterator(
+             std::filesystem::path(WARP_SOURCE_DIR) / "migrations")) {
+      if (e.path().extension() == ".sql")
+        files.push_back(e.path());
+    }
+    std::sort(files.begin(), files.end());
+    std::vector<std::string> scripts;
+    std::string all;
+    for (const auto& f : files) {
+      std::ifstream in(f);
+      std::stringstream text;
+      text << in.rdbuf();
+      scripts.push_back(text.str());
+      all += scripts.back();
+    }
+    // Named after the migrations' text: a server that outlives an edit of them gets a new
+    // template instead of handing out the old schema.
+    std::ostringstream tpl_name;
+    tpl_name << "warp_contract_tpl_" << std::hex << std::hash<std::string>{}(all);
+    const std::string tpl = tpl_name.str();
     // Test processes run in parallel (ctest -j): one builds the template while the others wait,
     // instead of racing into CREATE DATABASE or copying a template still being migrated. The
     // session lock goes with the admin connection if anything below throws.
     Admin("SELECT pg_advisory_lock(hashtext('warp_contract_template'))");
-    auto exists = Run(io_, admin_.Execute("SELECT 1 FROM pg_database WHERE datname = $1",
-                                          {"warp_contract_template"}, seconds(10)));
+    auto exists = Run(
+        io_, admin_.Execute("SELECT 1 FROM pg_database WHERE datname = $1", {tpl}, seconds(10)));
     if (exists.rows() == 0) {
-      Admin("CREATE DATABASE warp_contract_template");
-      postgres::Connection tpl(io_.get_executor());
-      Run(io_, tpl.Connect(dsn_ + " dbname=warp_contract_template", std::nullopt, seconds(10)));
-      std::vector<std::filesystem::path> files;
-      for (const auto& e : std::filesystem::directory_iterator(
-               std::filesystem::path(WARP_SOURCE_DIR) / "migrations")) {
-        if (e.path().extension() == ".sql")
-          files.push_back(e.path());
+      Admin("CREATE DATABASE " + tpl);
+      try {
+        postgres::Connection conn(io_.get_executor());
+        Run(io_, conn.Connect(dsn_ + " dbname=" + tpl, std::nullopt, seconds(10)));
+        for (const auto& script : scripts)
+          Run(io_, conn.ExecuteScript(script, seconds(60)));
+      } catch (...) {  // no half-migrated template for the next process to find
+        Admin("DROP DATABASE " + tpl + " WITH (FORCE)");
+        throw;
       }
-      std::sort(files.begin(), files.end());
-      for (const auto& f : files) {
-        std::ifstream in(f);
-        std::stringstream text;
-        text << in.rdbuf();
-        Run(io_, tpl.ExecuteScript(text.str(), seconds(60)));
-      }
-    }  // `tpl` is closed here: a template must have no sessions when it is copied
+    }  // `conn` is closed here: a template must have no sessions when it is copied
     Admin("SELECT pg_advisory_unlock(hashtext('warp_contract_template'))");
-    done = true;
+    name = tpl;
+    template_ = tpl;
   }
 
   boost::asio::io_context& io_;
   std::string dsn_;
+  std::string template_;
   std::string database_;
   postgres::Connection admin_;
   std::optional<postgres::Connection> locker_;
@@ -372,15 +391,24 @@ class StoreContract : public ::testing::TestWithParam<StoreFactory> {
   }
 
   // Cycles.
-  ClaimResult Claim(const std::string& cycle_id, const std::string& instance = "host-a") {
-    return Await(store().ClaimCycle(CycleClaim{cycle_id, kGroup, instance, kTakeoverAfter}));
+  ClaimResult Claim(const std::string& cycle_id, const std::string& instance = "host-a",
+                    const std::string& group = kGroup) {
+    return Await(store().ClaimCycle(CycleClaim{cycle_id, group, instance, kTakeoverAfter}));
   }
   /// Claims `cycle_id`; throws (failing the test) unless the claim is a plain kClaimed.
+  /// The run this helper claimed before, if still running, is finished first: one cycle of a
+  /// group runs at a time, as the scheduler's do.
   SchedulerRun ClaimRun(const std::string& cycle_id, const std::string& instance = "host-a") {
+    if (helper_run_) {
+      auto previous = FindRun(helper_run_->cycle_id, helper_run_->run_id);
+      if (previous && previous->status == RunStatus::kRunning)
+        Await(store().FinishRun(previous->run_id, RunStatus::kCompleted, RunCounts{}, ""));
+    }
     ClaimResult result = Claim(cycle_id, instance);
     if (result.outcome != ClaimOutcome::kClaimed) {
       throw std::runtime_error("cycle " + cycle_id + ": " + std::string(ToString(result.outcome)));
     }
+    helper_run_ = result.run;
     return result.run;
   }
   std::string NextCycleId() { return "default:60:" + std::to_string(++cycles_); }
@@ -485,6 +513,7 @@ class StoreContract : public ::testing::TestWithParam<StoreFactory> {
   boost::asio::io_context io_;  // declared first: outlives the harness and its store
   std::unique_ptr<Harness> harness_;
   int cycles_ = 0;
+  std::optional<SchedulerRun> helper_run_;  // the last run ClaimRun claimed
 };
 
 // --- agents and tool profiles --------------------------------------------------------------
@@ -850,6 +879,55 @@ TEST_P(StoreContract, SecondClaimWhileHeartbeatIsFreshIsRunningElsewhere) {
   EXPECT_EQ(second.outcome, ClaimOutcome::kRunningElsewhere);
   EXPECT_EQ(second.run.run_id, first.run_id);
   EXPECT_THAT(Await(store().ListRuns("c")), SizeIs(1));
+}
+
+TEST_P(StoreContract, ClaimWhileAnotherCycleOfTheGroupRunsIsGroupBusyUntilItEndsOrGoesStale) {
+  const SchedulerRun first = ClaimRun("c1", "host-a");
+  Advance(seconds(10));
+  ClaimResult second = Claim("c2", "host-b");
+  EXPECT_EQ(second.outcome, ClaimOutcome::kGroupBusy);
+  EXPECT_EQ(second.run.run_id, first.run_id);  // the run in the way, with its own cycle
+  EXPECT_EQ(second.run.cycle_id, "c1");
+  EXPECT_EQ(second.run.instance, "host-a");
+  EXPECT_EQ(second.run.status, RunStatus::kRunning);
+  EXPECT_THAT(Await(store().ListRuns("c2")), IsEmpty());
+  // Another group is not held up.
+  EXPECT_EQ(Claim("other:60:2", "host-b", "other").outcome, ClaimOutcome::kClaimed);
+
+  // Heartbeats keep the group busy past takeover_after from the start.
+  Advance(seconds(15));
+  EXPECT_TRUE(Await(store().HeartbeatRun(first.run_id)));
+  Advance(seconds(25));
+  EXPECT_EQ(Claim("c2", "host-b").outcome, ClaimOutcome::kGroupBusy);
+
+  // A run that stopped heartbeating no longer holds the group; it is not taken over either
+  // (only a claim of its own cycle does that).
+  Advance(kTakeoverAfter + seconds(1));
+  second = Claim("c2", "host-b");
+  EXPECT_EQ(second.outcome, ClaimOutcome::kClaimed);
+  EXPECT_EQ(FindRun("c1", first.run_id)->status, RunStatus::kRunning);
+
+  // A finished run holds nothing: the next cycle is claimed right away.
+  Await(store().FinishRun(second.run.run_id, RunStatus::kCompleted, RunCounts{}, ""));
+  EXPECT_EQ(Claim("c3", "host-c").outcome, ClaimOutcome::kClaimed);
+}
+
+TEST_P(StoreContract, AStaleRunOfTheCycleIsTakenOverOnlyWhenNoOtherCycleOfTheGroupIsLive) {
+  const SchedulerRun stale = ClaimRun("c1", "host-a");
+  Advance(kTakeoverAfter + seconds(1));
+  const SchedulerRun live = Claim("c2", "host-b").run;
+  ASSERT_EQ(live.status, RunStatus::kRunning);
+  // c1 is stale, but c2 runs: the takeover waits, and c1's run is left as it is.
+  const ClaimResult retry = Claim("c1", "host-c");
+  EXPECT_EQ(retry.outcome, ClaimOutcome::kGroupBusy);
+  EXPECT_EQ(retry.run.run_id, live.run_id);
+  EXPECT_EQ(FindRun("c1", stale.run_id)->status, RunStatus::kRunning);
+
+  Await(store().FinishRun(live.run_id, RunStatus::kCompleted, RunCounts{}, ""));
+  const ClaimResult takeover = Claim("c1", "host-c");
+  EXPECT_EQ(takeover.outcome, ClaimOutcome::kTookOver);
+  EXPECT_EQ(takeover.abandoned_run, stale.run_id);
+  EXPECT_EQ(FindRun("c1", stale.run_id)->status, RunStatus::kAbandoned);
 }
 
 TEST_P(StoreContract, ClaimAfterCompletedRunIsAlreadyCompleted) {

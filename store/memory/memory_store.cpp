@@ -1,6 +1,7 @@
 #include "store/memory/memory_store.hpp"
 
 #include <algorithm>
+#include <tuple>
 
 namespace warp::store {
 
@@ -198,23 +199,37 @@ Task<int> MemoryStore::RequeueExpiredWork() {
 
 Task<ClaimResult> MemoryStore::ClaimCycle(CycleClaim claim) {
   const TimePoint now = clock_();
-  ClaimResult result;
+  // "Older than takeover_after": strictly.
+  const auto live = [&](const SchedulerRun& run) {
+    return run.status == RunStatus::kRunning && run.heartbeat_at + claim.takeover_after >= now;
+  };
+  SchedulerRun* stale = nullptr;
   for (auto& [id, run] : runs_) {
     if (run.cycle_id != claim.cycle_id)
       continue;
-    if (run.status == RunStatus::kCompleted) {
+    if (run.status == RunStatus::kCompleted)
       co_return ClaimResult{ClaimResult::Outcome::kAlreadyCompleted, run, std::nullopt};
-    }
-    if (run.status == RunStatus::kRunning) {
-      if (run.heartbeat_at + claim.takeover_after >= now) {  // "older than": strictly
-        co_return ClaimResult{ClaimResult::Outcome::kRunningElsewhere, run, std::nullopt};
-      }
-      run.status = RunStatus::kAbandoned;
-      run.finished_at = now;
-      run.error = "heartbeat older than takeover_after; taken over by " + claim.instance;
-      result.outcome = ClaimResult::Outcome::kTookOver;
-      result.abandoned_run = run.run_id;
-    }
+    if (live(run))
+      co_return ClaimResult{ClaimResult::Outcome::kRunningElsewhere, run, std::nullopt};
+    if (run.status == RunStatus::kRunning)
+      stale = &run;
+  }
+  // Another cycle of the group running under a live owner: the latest started of them.
+  const SchedulerRun* busy = nullptr;
+  for (const auto& [id, run] : runs_) {
+    if (run.group == claim.group && run.cycle_id != claim.cycle_id && live(run) &&
+        (!busy || std::tie(run.started_at, run.run_id) > std::tie(busy->started_at, busy->run_id)))
+      busy = &run;
+  }
+  if (busy)
+    co_return ClaimResult{ClaimResult::Outcome::kGroupBusy, *busy, std::nullopt};
+  ClaimResult result;
+  if (stale) {
+    stale->status = RunStatus::kAbandoned;
+    stale->finished_at = now;
+    stale->error = "heartbeat older than takeover_after; taken over by " + claim.instance;
+    result.outcome = ClaimResult::Outcome::kTookOver;
+    result.abandoned_run = stale->run_id;
   }
   SchedulerRun run;
   run.run_id = next_run_++;

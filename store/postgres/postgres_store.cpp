@@ -116,7 +116,7 @@ constexpr const char* kRequeueExpired = "SELECT warp.requeue_expired_work() AS m
   " AS finished_us, counts::text AS counts, error"
 
 constexpr const char* kClaimCycle =
-    "SELECT outcome, run_id, instance, status, " WARP_US("started_at") " AS started_us, " WARP_US(
+    "SELECT outcome, run_id, cycle_id, instance, status, " WARP_US("started_at") " AS started_us, " WARP_US(
         "heartbeat_at") " AS heartbeat_us, abandoned_run_id "
                         "FROM warp.claim_cycle($1, $2, $3, " WARP_MS("$4") ")";
 
@@ -484,14 +484,20 @@ Task<ClaimResult> PostgresStore::ClaimCycle(CycleClaim claim) {
   auto r = co_await Query(kClaimCycle, std::move(params));
   ClaimResult result;
   const auto outcome = r.GetString(0, "outcome");
-  for (auto o :
-       {ClaimResult::Outcome::kClaimed, ClaimResult::Outcome::kTookOver,
-        ClaimResult::Outcome::kAlreadyCompleted, ClaimResult::Outcome::kRunningElsewhere}) {
-    if (ToString(o) == outcome)
+  bool known = false;
+  for (auto o : {ClaimResult::Outcome::kClaimed, ClaimResult::Outcome::kTookOver,
+                 ClaimResult::Outcome::kAlreadyCompleted, ClaimResult::Outcome::kRunningElsewhere,
+                 ClaimResult::Outcome::kGroupBusy}) {
+    if (ToString(o) == outcome) {
       result.outcome = o;
+      known = true;
+    }
   }
+  if (!known)
+    throw StoreError(StoreError::Kind::kInternal,
+                     "warp.claim_cycle returned an unknown outcome '" + outcome + "'");
   result.run.run_id = r.GetInt64(0, "run_id");
-  result.run.cycle_id = claim.cycle_id;
+  result.run.cycle_id = r.GetString(0, "cycle_id");
   result.run.group = claim.group;
   result.run.instance = r.GetString(0, "instance");
   result.run.status = ParseOrThrow(r.GetString(0, "status"), &ParseRunStatus);

@@ -9,8 +9,10 @@
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <chrono>
 #include <cstddef>
 #include <set>
 #include <vector>
@@ -54,6 +56,9 @@ class FlakyStore final : public store::Store {
     co_return results;
   }
 
+  /// Every ClaimDispatches call waits this long (on the loop's clock) before it reaches the
+  /// store: a slow claim, a long cycle.
+  void HoldClaims(std::chrono::milliseconds hold) { claim_hold_ = hold; }
   /// The agents of each ClaimDispatches call, in call order.
   const std::vector<std::set<store::AgentId>>& claim_calls() const { return claim_calls_; }
   /// The most ClaimDispatches calls that were in flight at once.
@@ -68,6 +73,10 @@ class FlakyStore final : public store::Store {
     max_concurrent_claims_ = std::max(max_concurrent_claims_, concurrent_claims_);
     co_await boost::asio::post(co_await boost::asio::this_coro::executor,
                                boost::asio::use_awaitable);
+    if (claim_hold_.count() > 0) {
+      boost::asio::steady_timer hold(co_await boost::asio::this_coro::executor, claim_hold_);
+      co_await hold.async_wait(boost::asio::use_awaitable);
+    }
     auto claims = co_await inner_.ClaimDispatches(std::move(b));
     --concurrent_claims_;
     co_return claims;
@@ -106,7 +115,12 @@ class FlakyStore final : public store::Store {
   store::Task<store::ClaimResult> ClaimCycle(store::CycleClaim c) override {
     return inner_.ClaimCycle(std::move(c));
   }
-  store::Task<bool> HeartbeatRun(store::RunId run) override { return inner_.HeartbeatRun(run); }
+  /// The runs of the HeartbeatRun calls, in call order.
+  const std::vector<store::RunId>& run_heartbeats() const { return run_heartbeats_; }
+  store::Task<bool> HeartbeatRun(store::RunId run) override {
+    run_heartbeats_.push_back(run);
+    return inner_.HeartbeatRun(run);
+  }
   store::Task<void> FinishRun(store::RunId run, store::RunStatus status, store::RunCounts counts,
                               std::string error) override {
     return inner_.FinishRun(run, status, counts, std::move(error));
@@ -155,6 +169,8 @@ class FlakyStore final : public store::Store {
   std::vector<std::size_t> completion_calls_;
   std::vector<std::size_t> renew_calls_;
   std::vector<std::set<store::AgentId>> claim_calls_;
+  std::vector<store::RunId> run_heartbeats_;
+  std::chrono::milliseconds claim_hold_{0};
   int concurrent_claims_ = 0;
   int concurrent_completions_ = 0;
   int max_concurrent_completions_ = 0;
