@@ -43,13 +43,15 @@ def main(path):
                     pass
     for ident in order:
         parts = []
+        rounds = 0
         for k, vs in figures[ident].items():
             if f"{k}=" in " ".join(ident) or not vs:
                 continue
             m = statistics.median(vs)
             text = f"{m:.0f}" if m >= 100 else f"{m:.3g}"
-            parts.append(f"{k}={text}" + (f" (n={len(vs)})" if k == next(iter(figures[ident])) else ""))
-        print(" ".join(ident), " ".join(parts))
+            parts.append(f"{k}={text}")
+            rounds = max(rounds, len(vs))
+        print(" ".join(ident), " ".join(parts), f"(n={rounds})")
 
 
 if __name__ == "__main__":

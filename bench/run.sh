@@ -60,4 +60,7 @@ for run in $(seq 1 "$runs"); do
 done
 
 echo "== medians of $runs round(s) ($out) =="
-python3 "$root/bench/medians.py" "$out" | tee -a "$out"
+# Into the file as comments: medians.py reads the file again without counting them as a round.
+medians=$(python3 "$root/bench/medians.py" "$out")
+printf '%s\n' "$medians"
+printf '%s\n' "$medians" | sed 's/^/# median: /' >>"$out"
