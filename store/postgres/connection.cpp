@@ -196,14 +196,16 @@ struct OperationState {
 // --- errors ---------------------------------------------------------------------------
 
 namespace {
-std::string DatabaseMessage(const std::string& sqlstate, const std::string& primary) {
-  return OneLine("postgres: " + sqlstate + " " + primary);
+std::string DatabaseMessage(const std::string& sqlstate, const std::string& primary,
+                            const std::string& hint) {
+  return OneLine("postgres: " + sqlstate + " " + primary +
+                 (hint.empty() ? std::string() : " (hint: " + hint + ")"));
 }
 }  // namespace
 
 DatabaseError::DatabaseError(Kind kind, std::string sqlstate, std::string primary,
-                             std::string detail, std::string constraint)
-    : StoreError(kind, DatabaseMessage(sqlstate, primary)),
+                             std::string detail, std::string constraint, const std::string& hint)
+    : StoreError(kind, DatabaseMessage(sqlstate, primary, hint)),
       sqlstate_(std::move(sqlstate)),
       primary_(std::move(primary)),
       detail_(std::move(detail)),
@@ -663,7 +665,8 @@ struct Connection::Impl {
       Break();
     throw DatabaseError(gone ? Kind::kUnavailable : KindOfSqlState(sqlstate), sqlstate,
                         std::move(primary), Field(result, PG_DIAG_MESSAGE_DETAIL),
-                        Field(result, PG_DIAG_CONSTRAINT_NAME));
+                        Field(result, PG_DIAG_CONSTRAINT_NAME),
+                        Field(result, PG_DIAG_MESSAGE_HINT));
   }
 
   /// Waits for readiness of the socket; throws kUnavailable when the deadline fired (the

@@ -62,11 +62,13 @@ using Params = std::vector<std::optional<std::string>>;
 
 /// A StoreError the server reported: the SQLSTATE (five characters) and the server's
 /// diagnostics. Thrown by Connection::Execute / ExecuteScript; catch it as StoreError unless
-/// the SQLSTATE matters.
+/// the SQLSTATE matters. what() is "postgres: SQLSTATE primary", with the server's HINT in
+/// parentheses when it gave one (what to change: "You might need to increase
+/// max_locks_per_transaction."); never the DETAIL, which may quote row values.
 class DatabaseError : public StoreError {
  public:
   DatabaseError(Kind kind, std::string sqlstate, std::string primary, std::string detail,
-                std::string constraint);
+                std::string constraint, const std::string& hint = {});
   const std::string& sqlstate() const noexcept { return sqlstate_; }
   /// The primary message, e.g. `duplicate key value violates unique constraint "x_pkey"`.
   const std::string& primary() const noexcept { return primary_; }

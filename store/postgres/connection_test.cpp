@@ -348,6 +348,24 @@ TEST_F(PgTest, ServerErrorsAreTypedAndLeaveTheConnectionUsable) {
   EXPECT_EQ(Query(*connection, "SELECT count(*) FROM things").GetInt64(0, 0), 1);
 }
 
+TEST_F(PgTest, TheServersHintIsPartOfTheMessageAndTheDetailIsNot) {
+  auto connection = Connect();
+  Params none;
+  auto error =
+      AwaitError(io_, connection->Execute("SELECT no_such_function(1)", std::move(none), 5s));
+  EXPECT_EQ(std::string(error.what()),
+            "postgres: 42883 function no_such_function(integer) does not exist (hint: No "
+            "function matches the given name and argument types. You might need to add "
+            "explicit type casts.)");
+  // A DETAIL may quote row values: it stays out of the message.
+  Query(*connection, "CREATE TEMP TABLE secrets (v text PRIMARY KEY)");
+  Query(*connection, "INSERT INTO secrets VALUES ('s3cret')");
+  Params again;
+  error = AwaitError(
+      io_, connection->Execute("INSERT INTO secrets VALUES ('s3cret')", std::move(again), 5s));
+  EXPECT_EQ(std::string(error.what()).find("s3cret"), std::string::npos) << error.what();
+}
+
 TEST_F(PgTest, ScriptsRunInOneRoundTripAllOrNothing) {
   auto connection = Connect();
   auto results = test::Await(
