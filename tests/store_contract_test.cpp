@@ -36,9 +36,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
+#include "migrations/testdb/scratch_database.hpp"
 #include "store/postgres/postgres_store.hpp"
 #endif
 
@@ -217,56 +216,12 @@ class PostgresHarness final : public Harness {
  private:
   void Admin(const std::string& script) { Run(io_, admin_.ExecuteScript(script, seconds(30))); }
 
-  /// Creates a template database with every migration applied, once per test process
-  /// (another process may have made it already: then it is used as it is).
+  /// The template database with every migration applied (migrations/testdb), looked up once
+  /// per test process.
   void EnsureTemplate() {
-    static std::string name;
-    if (!name.empty()) {
-      template_ = name;
-      return;
-    }
-    std::vector<std::filesystem::path> files;
-    for (const auto& e : std::filesystem::directory_iterator(
-             std::filesystem::path(WARP_SOURCE_DIR) / "migrations")) {
-      if (e.path().extension() == ".sql")
-        files.push_back(e.path());
-    }
-    std::sort(files.begin(), files.end());
-    std::vector<std::string> scripts;
-    std::string all;
-    for (const auto& f : files) {
-      std::ifstream in(f);
-      std::stringstream text;
-      text << in.rdbuf();
-      scripts.push_back(text.str());
-      all += scripts.back();
-    }
-    // Named after the migrations' text: a server that outlives an edit of them gets a new
-    // template instead of handing out the old schema.
-    std::ostringstream tpl_name;
-    tpl_name << "warp_contract_tpl_" << std::hex << std::hash<std::string>{}(all);
-    const std::string tpl = tpl_name.str();
-    // Test processes run in parallel (ctest -j): one builds the template while the others wait,
-    // instead of racing into CREATE DATABASE or copying a template still being migrated. The
-    // session lock goes with the admin connection if anything below throws.
-    Admin("SELECT pg_advisory_lock(hashtext('warp_contract_template'))");
-    auto exists = Run(
-        io_, admin_.Execute("SELECT 1 FROM pg_database WHERE datname = $1", {tpl}, seconds(10)));
-    if (exists.rows() == 0) {
-      Admin("CREATE DATABASE " + tpl);
-      try {
-        postgres::Connection conn(io_.get_executor());
-        Run(io_, conn.Connect(dsn_ + " dbname=" + tpl, std::nullopt, seconds(10)));
-        for (const auto& script : scripts)
-          Run(io_, conn.ExecuteScript(script, seconds(60)));
-      } catch (...) {  // no half-migrated template for the next process to find
-        Admin("DROP DATABASE " + tpl + " WITH (FORCE)");
-        throw;
-      }
-    }  // `conn` is closed here: a template must have no sessions when it is copied
-    Admin("SELECT pg_advisory_unlock(hashtext('warp_contract_template'))");
-    name = tpl;
-    template_ = tpl;
+    static const std::string name = migrations::testdb::MigratedTemplate(
+        std::filesystem::path(WARP_SOURCE_DIR) / "migrations", "warp_contract_tpl");
+    template_ = name;
   }
 
   boost::asio::io_context& io_;

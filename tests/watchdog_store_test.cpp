@@ -38,11 +38,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 
+#include "migrations/testdb/scratch_database.hpp"
 #include "store/postgres/postgres_store.hpp"
 #endif
 
@@ -172,41 +171,8 @@ class PostgresHarness final : public Harness {
   }
 
   std::string EnsureTemplate() {
-    std::vector<std::filesystem::path> files;
-    for (const auto& e : std::filesystem::directory_iterator(
-             std::filesystem::path(WARP_SOURCE_DIR) / "migrations")) {
-      if (e.path().extension() == ".sql")
-        files.push_back(e.path());
-    }
-    std::sort(files.begin(), files.end());
-    std::vector<std::string> scripts;
-    std::string all;
-    for (const auto& f : files) {
-      std::ifstream in(f);
-      std::stringstream text;
-      text << in.rdbuf();
-      scripts.push_back(text.str());
-      all += f.filename().string() + text.str();
-    }
-    const auto tpl = fmt::format("warp_wd_tpl_{:016x}", std::hash<std::string>{}(all));
-    Admin("SELECT pg_advisory_lock(hashtext('warp_watchdog_test_template'))");
-    try {
-      pg::Params name{tpl};
-      auto exists = Await(io_, admin_.Execute("SELECT 1 FROM pg_database WHERE datname = $1",
-                                              std::move(name), 10s));
-      if (exists.rows() == 0) {
-        Admin("CREATE DATABASE " + tpl);
-        pg::Connection c(io_.get_executor());
-        Await(io_, c.Connect(dsn_ + " dbname=" + tpl, std::nullopt, 10s));
-        for (const auto& s : scripts)
-          Await(io_, c.ExecuteScript(s, 60s));
-      }  // `c` is closed here: a template must have no sessions when it is copied
-    } catch (...) {
-      Admin("SELECT pg_advisory_unlock(hashtext('warp_watchdog_test_template'))");
-      throw;
-    }
-    Admin("SELECT pg_advisory_unlock(hashtext('warp_watchdog_test_template'))");
-    return tpl;
+    return migrations::testdb::MigratedTemplate(
+        std::filesystem::path(WARP_SOURCE_DIR) / "migrations", "warp_wd_tpl");
   }
 
   boost::asio::io_context& io_;

@@ -4,6 +4,7 @@
 
 #include <libpq-fe.h>
 
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -25,6 +26,16 @@ using Connection = std::unique_ptr<PGconn, decltype(&PQfinish)>;
 
 /// Connects to `dsn`; throws std::runtime_error with libpq's message on failure.
 Connection Connect(const std::string& dsn);
+
+/// The name of a database, made through $WARP_TEST_DSN if it does not exist yet, that has every
+/// NNNN_*.sql file of `migrations_dir` applied in order: a template to copy a migrated database
+/// from (CREATE DATABASE ... TEMPLATE name) instead of migrating each. The name is
+/// `<prefix>_<hash of the files' names and text>`, so a server that outlives an edit of the
+/// migrations gets a new template rather than the old schema. Processes that ask at once (ctest
+/// -j) wait for one another under an advisory lock; a template whose migration failed is
+/// dropped. Throws std::runtime_error naming the failing file.
+std::string MigratedTemplate(const std::filesystem::path& migrations_dir,
+                             const std::string& prefix);
 
 /// A database with a unique name (`warp_t_<pid>_<n>_<random>`) created from template0 through
 /// $WARP_TEST_DSN; the destructor drops it (WITH (FORCE), so connections left open do not
