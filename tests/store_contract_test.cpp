@@ -774,6 +774,19 @@ TEST_P(StoreContract, SelectDueWorkDoesNotLetAnAgentAtItsBoundCrowdOutOthers) {
   EXPECT_THAT(DueIds(2), ElementsAre(first.work_item_id, later.work_item_id));
 }
 
+TEST_P(StoreContract, SelectDueWorkLooksNoFurtherThanTheScanFactorTimesItsLimit) {
+  const Agent busy = AddAgent("busy", 1);
+  const Agent other = AddAgent("other", 1);
+  const TimePoint now = Now();
+  const WorkItem first = AddWorkDueAt(busy, now - seconds(30));
+  for (int i = 0; i < kDueScanFactor * 2 - 1; ++i)
+    AddWorkDueAt(busy, now - seconds(20));
+  const WorkItem beyond = AddWorkDueAt(other, now - seconds(10));
+  // Limit 2 looks at the first 8 due items: `beyond` is the 9th.
+  EXPECT_THAT(DueIds(2), ElementsAre(first.work_item_id));
+  EXPECT_THAT(DueIds(3), ElementsAre(first.work_item_id, beyond.work_item_id));
+}
+
 TEST_P(StoreContract, SelectDueWorkExcludesDispatchedAndDoneWork) {
   const Agent agent = AddAgent("worker", 2);
   const WorkItem dispatched = AddWork(agent);
