@@ -116,9 +116,10 @@ constexpr const char* kRequeueExpired = "SELECT warp.requeue_expired_work() AS m
   " AS finished_us, counts::text AS counts, error"
 
 constexpr const char* kClaimCycle =
-    "SELECT outcome, run_id, cycle_id, instance, status, " WARP_US("started_at") " AS started_us, " WARP_US(
-        "heartbeat_at") " AS heartbeat_us, abandoned_run_id "
-                        "FROM warp.claim_cycle($1, $2, $3, " WARP_MS("$4") ")";
+    "SELECT outcome, run_id, cycle_id, instance, status, "
+    WARP_US("started_at") " AS started_us, "
+    WARP_US("heartbeat_at") " AS heartbeat_us, abandoned_run_id "
+    "FROM warp.claim_cycle($1, $2, $3, " WARP_MS("$4") ")";
 
 constexpr const char* kHeartbeatRun =
     "UPDATE warp.scheduler_runs SET heartbeat_at = warp.now() "
