@@ -10,12 +10,17 @@
 -- all of them through, they are the answer the wide scan would have given: an item's number
 -- among its agent's items depends only on the items before it. Otherwise, and when more items
 -- are queued, a second pass looks at p_limit * p_factor, as before.
+--
+-- Bitmap scans are off too: on a queue without statistics (never analyzed) the planner chose a
+-- bitmap scan of every queued item and a sort over them, instead of reading the due-order
+-- index up to the limit (tests/dispatch_sql_pg_test.cpp, TheDueScanReadsOnlyItsLimit...).
 
 CREATE OR REPLACE FUNCTION warp.select_due_work(p_limit integer, p_default_bound integer,
                                                 p_factor integer)
 RETURNS SETOF warp.work_items
 LANGUAGE plpgsql STABLE
-SET enable_seqscan = off SET enable_nestloop = off SET enable_mergejoin = off SET jit = off
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_nestloop = off
+SET enable_mergejoin = off SET jit = off
 AS $$
 DECLARE
   t timestamptz := warp.now();

@@ -289,6 +289,36 @@ TEST_F(DispatchSql, DispatchAndCompletionUpdateItemsAndLeasesInPlace) {
 // changed rows once per side-table row: a 5,000-lease completion ran past its 10 s deadline.
 // The trigger statements now probe the side table once per changed row, whatever the
 // statistics say; the rows they read follow the rows changed, not the table's size.
+TEST_F(DispatchSql, TheDueScanReadsOnlyItsLimitOfQueuedItemsWhenTheirAgentsHaveRoom) {
+  constexpr int kLimit = 100;
+  // 2,000 due items over 200 agents without a bound of their own (the default bound, 4, leaves
+  // room for every item among the first 100: each agent has at most one there).
+  Sql(a(),
+      "INSERT INTO warp.agents (agent_slug, tool_profile_id, runner, business_link) "
+      "SELECT 'x' || g, 'p', 'r', 'spindle:x' FROM generate_series(1, 200) g");
+  Sql(a(),
+      "INSERT INTO warp.work_items (agent_id, kind, due_at, idempotency_key, max_attempts) "
+      "SELECT a.agent_id, 'sync', now() - interval '1 minute', 'q' || g, 3 "
+      "FROM generate_series(0, 1999) g JOIN warp.agents a ON a.agent_slug = 'x' || (g % 200 + 1) "
+      "ORDER BY g");
+  Sql(b(), "BEGIN");
+  // The factor is PostgresStore's, store::kDueScanFactor.
+  EXPECT_EQ(
+      Sql(b(), "SELECT count(*) FROM warp.select_due_work(" + std::to_string(kLimit) + ", 4, 4)"),
+      std::vector<std::string>{std::to_string(kLimit)});
+  // Queue rows and index entries read, counted by the server for this transaction: an index
+  // entry and a row per item taken. A scan of kDueScanFactor times the limit reads 4 times that,
+  // a bitmap scan (chosen on a queue never analyzed, as here) all 2,000.
+  const auto read = std::stoi(
+      Sql(b(),
+          "SELECT sum(pg_stat_get_xact_tuples_returned(c) + pg_stat_get_xact_tuples_fetched(c)) "
+          "FROM (SELECT 'warp.work_queue'::regclass::oid AS c UNION ALL SELECT indexrelid "
+          "FROM pg_index WHERE indrelid = 'warp.work_queue'::regclass) t")
+          .at(0));
+  EXPECT_LE(read, 2 * kLimit + 10);
+  Sql(b(), "COMMIT");
+}
+
 TEST_F(DispatchSql, TriggerStatementsReadWhatChangedNotTheWholeSideTableWhateverItsStatistics) {
   constexpr int kRows = 4000;    // open leases and queued items
   constexpr int kChanged = 400;  // of them released and done in one statement each
