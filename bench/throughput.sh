@@ -13,7 +13,8 @@
 # agents' lease bound, leasing.default_max_active), PER_CYCLE (40000: max_dispatch_per_cycle,
 # also max_inflight; 2000 for http, whose runner opens at most 64 connections per host and
 # queues the rest: 128 made the cap, not the runner, the limit), INTERVAL (1s),
-# LOG_LEVEL (info), TIMEOUT (600 seconds), RUNNER (null | http | notify), HTTP_PORT (18088).
+# LOG_LEVEL (info), TIMEOUT (600 seconds), RUNNER (null | http | notify), HTTP_PORT (18088),
+# TIMELINE (set: print each dispatching cycle's start and end to stderr).
 # Prints: `warpd instances=N agents=A items=I seconds=S items_per_s=R cycles=C selected=D decisions=...`
 # (due items selected by all cycles; the decisions recorded, by verdict) and the scratch
 # database is dropped at the end.
@@ -165,4 +166,13 @@ selected=$(sql "SELECT coalesce(sum((counts->>'due')::bigint), 0) FROM warp.sche
 decisions=$(sql "SELECT string_agg(decision || ':' || n, ',' ORDER BY decision)
                    FROM (SELECT decision, count(*) AS n FROM warp.dispatch_decisions
                           GROUP BY decision) d")
+if [[ -n ${TIMELINE:-} ]]; then
+  # Each cycle that dispatched: when it started and finished, from the first lease acquired.
+  sql "SELECT r.instance || ' ' || r.cycle_id || ' start=' ||
+              round(extract(epoch FROM r.started_at - f.t)::numeric, 3) || ' end=' ||
+              round(extract(epoch FROM r.finished_at - f.t)::numeric, 3) || ' dispatched=' ||
+              (r.counts->>'dispatched')
+         FROM warp.scheduler_runs r CROSS JOIN (SELECT min(acquired_at) AS t FROM warp.agent_leases) f
+        WHERE (r.counts->>'dispatched')::int > 0 ORDER BY r.started_at" >&2
+fi
 echo "warpd runner=$runner instances=$instances agents=$agents items=$items bound=$bound seconds=$seconds items_per_s=$rate cycles=$cycles selected=$selected decisions=$decisions"

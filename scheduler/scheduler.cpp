@@ -136,14 +136,31 @@ store::Task<void> Scheduler::TickLoop() {
 void Scheduler::OnTick(std::optional<std::int64_t> slot) {
   if (cycle_running_) {
     ++overruns_;
+    if (slot)
+      deferred_tick_ = DeferredTick{*slot, settings_.interval};
     log_.Warn(Event::kCycleOverrun, {.cycle_id = last_report_.cycle_id},
-              "tick skipped: the previous cycle is still running ({} overrun(s) so far)",
-              overruns_);
+              "tick skipped: the previous cycle is still running ({} overrun(s) so far){}",
+              overruns_, slot ? "; this slot's cycle starts when it ends" : "");
     return;
   }
   // Marked before the coroutine starts, so a second tick queued behind this one sees it.
   cycle_running_ = true;
   boost::asio::co_spawn(executor_, RunCycle(slot), boost::asio::detached);
+}
+
+void Scheduler::RunDeferredTick(const CycleReport& finished) {
+  const auto deferred = std::exchange(deferred_tick_, std::nullopt);
+  // Not for a slot of an interval a reload replaced, nor for the slot that just ran (its run
+  // is completed or in the way). Drain drops the deferred tick.
+  if (!deferred || cycle_running_ || deferred->interval != settings_.interval ||
+      (finished.slot && deferred->slot <= *finished.slot))
+    return;
+  log_.Info(Event::kCycleOverrun,
+            {.cycle_id = CycleId(daemon_.group, deferred->interval, deferred->slot)},
+            "the cycle of slot {} starts late: its tick came while the previous cycle ran",
+            deferred->slot);
+  cycle_running_ = true;
+  boost::asio::co_spawn(executor_, RunCycle(deferred->slot), boost::asio::detached);
 }
 
 store::Task<CycleReport> Scheduler::RunCycle(std::optional<std::int64_t> slot) {
@@ -191,6 +208,7 @@ store::Task<CycleReport> Scheduler::RunCycle(std::optional<std::int64_t> slot) {
   if (on_cycle_)
     on_cycle_(report);
   NotifyIfIdle();
+  RunDeferredTick(report);
   co_return report;
 }
 
@@ -209,6 +227,7 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
                                                       CycleReport& report) {
   const auto now = co_await store_.Now();
   const auto index = slot.value_or(SlotAt(now, settings_.interval).index);
+  report.slot = index;
   report.cycle_id = CycleId(daemon_.group, settings_.interval, index);
 
   // Arguments of co_await'ed calls are named locals: GCC 12 destroys a braced temporary
@@ -667,6 +686,7 @@ store::Task<bool> Scheduler::WaitIdle(std::chrono::steady_clock::time_point dead
 
 store::Task<void> Scheduler::Drain(store::Duration grace) {
   ticking_ = false;
+  deferred_tick_.reset();  // no new cycle once draining
   tick_timer_.cancel();
   // Work handed off to its agent (an accepted http dispatch, a notify dispatch) needs nothing
   // more from warpd: the agent completes it through warp.complete_work within its lease, or

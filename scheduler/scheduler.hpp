@@ -18,6 +18,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -37,6 +38,7 @@ struct CycleReport {
   enum class Outcome { kRan, kAlreadyCompleted, kRunningElsewhere, kGroupBusy, kFailed };
   Outcome outcome = Outcome::kRan;
   std::string cycle_id;
+  std::optional<std::int64_t> slot;  ///< the slot cycle_id names, once it is known
   store::RunId run_id = 0;
   /// For kAlreadyCompleted, kRunningElsewhere and kGroupBusy: the run in the way.
   store::SchedulerRun blocked_by;
@@ -104,8 +106,9 @@ class Scheduler {
     on_cycle_ = std::move(callback);
   }
 
-  /// A tick for `slot` arrived: runs its cycle unless the previous one still runs (then counts
-  /// an overrun).
+  /// A tick for `slot` arrived: runs its cycle unless the previous one still runs. Then it
+  /// counts an overrun, and the cycle of the latest such slot starts as soon as the running
+  /// one ends (late, once: missed slots are not replayed one by one).
   void OnTick(std::optional<std::int64_t> slot = std::nullopt);
 
   std::size_t inflight() const { return inflight_.size(); }
@@ -121,6 +124,8 @@ class Scheduler {
     bool handed_off = false;  // the agent completes the work itself (on_handed_off)
   };
 
+  /// After a cycle: starts the cycle of the latest slot whose tick it made skip, if any.
+  void RunDeferredTick(const CycleReport& finished);
   store::Task<CycleReport> RunCycleUnguarded(std::optional<std::int64_t> slot, CycleReport& report);
   /// The cycle after its run was claimed: materialize, select, claim, dispatch, finish.
   store::Task<void> RunClaimedCycle(store::TimePoint now, CycleReport& report);
@@ -175,6 +180,12 @@ class Scheduler {
   bool ticking_ = false;
   bool cycle_running_ = false;
   std::uint64_t overruns_ = 0;
+  /// The latest slot whose tick came while a cycle ran, and the interval it is a slot of.
+  struct DeferredTick {
+    std::int64_t slot;
+    store::Duration interval;
+  };
+  std::optional<DeferredTick> deferred_tick_;
   CycleReport last_report_;
   std::function<void(const CycleReport&)> on_cycle_;
 };

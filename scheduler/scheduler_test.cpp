@@ -338,6 +338,66 @@ TEST_F(SchedulerTest, ATickWhileTheCycleStillRunsIsSkippedAndCounted) {
   Settle();
 }
 
+TEST_F(SchedulerTest, TheLatestSlotWhoseTickAnOverrunSkippedRunsAsSoonAsTheCycleEnds) {
+  Build();
+  Agent("erp-sales", 3);
+  const auto first = Enqueue("erp-sales");
+  const auto interval = settings_.scheduler.interval;
+  const auto k = SlotAt(clock_.Now(), interval).index;
+  flaky_.HoldClaims(200ms);  // slot k's cycle is still claiming when the next ticks come
+  scheduler_->OnTick(k);
+  test::RunFor(io_, 50ms);
+  const auto second = Enqueue("erp-sales");  // after slot k's due scan
+  scheduler_->OnTick(k + 1);
+  scheduler_->OnTick(k + 2);
+  EXPECT_EQ(scheduler_->overruns(), 2u);
+  test::RunFor(io_, 600ms);
+
+  // Slot k + 2 ran at once after slot k, and dispatched what came in meanwhile; k + 1 never ran.
+  EXPECT_TRUE(test::Await(io_, store_.ListRuns(CycleId("default", interval, k + 1))).empty());
+  const auto late = test::Await(io_, store_.ListRuns(CycleId("default", interval, k + 2)));
+  ASSERT_EQ(late.size(), 1u);
+  EXPECT_EQ(late[0].status, store::RunStatus::kCompleted);
+  EXPECT_EQ(scheduler_->last_report().cycle_id, CycleId("default", interval, k + 2));
+  ASSERT_EQ(runner_->dispatches.size(), 2u);
+  EXPECT_EQ(runner_->dispatches[0].request.work_id, first.work_item_id);
+  EXPECT_EQ(runner_->dispatches[1].request.work_id, second.work_item_id);
+  EXPECT_EQ(runner_->dispatches[1].request.cycle_id, CycleId("default", interval, k + 2));
+
+  // Once only: nothing else starts by itself.
+  test::RunFor(io_, 300ms);
+  EXPECT_EQ(test::Await(io_, store_.ListRuns(CycleId("default", interval, k + 2))).size(), 1u);
+  EXPECT_EQ(scheduler_->overruns(), 2u);
+}
+
+TEST_F(SchedulerTest, ASkippedTickOfTheSlotThatRanOrFromBeforeAReloadStartsNothing) {
+  Build();
+  Agent("erp-sales", 3);
+  Enqueue("erp-sales");
+  const auto interval = settings_.scheduler.interval;
+  const auto k = SlotAt(clock_.Now(), interval).index;
+  flaky_.HoldClaims(100ms);
+  scheduler_->OnTick(k);
+  scheduler_->OnTick(k);  // the same slot: its run is the one that just ran
+  test::RunFor(io_, 300ms);
+  EXPECT_EQ(scheduler_->overruns(), 1u);
+  EXPECT_EQ(scheduler_->last_report().cycle_id, CycleId("default", interval, k));
+  EXPECT_EQ(scheduler_->last_report().outcome, CycleReport::Outcome::kRan);
+
+  // A tick of the old interval, deferred across a reload to another interval, is dropped.
+  Enqueue("erp-sales");
+  scheduler_->OnTick(k + 1);
+  scheduler_->OnTick(k + 2);
+  test::RunFor(io_, 50ms);  // slot k + 1's cycle has named its cycle and is claiming
+  auto reloaded = settings_;
+  reloaded.scheduler.interval = 30s;
+  scheduler_->Reconfigure(reloaded, RunnerSet{{"fake", std::make_shared<FakeRunner>(io_)}});
+  test::RunFor(io_, 300ms);
+  EXPECT_EQ(scheduler_->last_report().cycle_id, CycleId("default", interval, k + 1));
+  EXPECT_TRUE(test::Await(io_, store_.ListRuns(CycleId("default", interval, k + 2))).empty());
+  EXPECT_TRUE(test::Await(io_, store_.ListRuns(CycleId("default", 30s, k + 2))).empty());
+}
+
 TEST_F(SchedulerTest, FailedWorkIsRetriedWithDoublingBackoffThenDead) {
   Build();
   Agent("erp-sales");
