@@ -319,6 +319,42 @@ TEST_F(DispatchSql, TheDueScanReadsOnlyItsLimitOfQueuedItemsWhenTheirAgentsHaveR
   Sql(b(), "COMMIT");
 }
 
+TEST_F(DispatchSql, ADueScanShortByAFewItemsLooksAQuarterFurtherNotFourTimes) {
+  constexpr int kLimit = 100;
+  // 10 items of one agent first in due order, then 2,000 over 200 agents: the first 100 hold
+  // all 10 of that agent, whose room (the default bound, 4) lets 4 through: 6 short.
+  Sql(a(),
+      "INSERT INTO warp.agents (agent_slug, tool_profile_id, runner, business_link) "
+      "SELECT 'x' || g, 'p', 'r', 'spindle:x' FROM generate_series(0, 200) g");
+  Sql(a(),
+      "INSERT INTO warp.work_items (agent_id, kind, due_at, idempotency_key, max_attempts) "
+      "SELECT a.agent_id, 'sync', now() - interval '2 minutes', 'busy' || g, 3 "
+      "FROM generate_series(1, 10) g JOIN warp.agents a ON a.agent_slug = 'x0'");
+  Sql(a(),
+      "INSERT INTO warp.work_items (agent_id, kind, due_at, idempotency_key, max_attempts) "
+      "SELECT a.agent_id, 'sync', now() - interval '1 minute', 'q' || g, 3 "
+      "FROM generate_series(0, 1999) g JOIN warp.agents a ON a.agent_slug = 'x' || (g % 200 + 1) "
+      "ORDER BY g");
+  Sql(b(), "SELECT pg_stat_force_next_flush()");
+  Sql(b(), "BEGIN");
+  EXPECT_EQ(
+      Sql(b(),
+          "SELECT count(*) || '/' || count(*) FILTER (WHERE a.agent_slug = 'x0') "
+          "FROM warp.select_due_work(" +
+              std::to_string(kLimit) + ", 4, 4) w JOIN warp.agents a ON a.agent_id = w.agent_id"),
+      std::vector<std::string>{std::to_string(kLimit) + "/4"});
+  // A first pass of 100 and a second of 125 (a quarter more): an index entry and a row each.
+  // The wide pass of 0010, 400, made 1,000 in all.
+  const auto read = std::stoi(
+      Sql(b(),
+          "SELECT sum(pg_stat_get_xact_tuples_returned(c) + pg_stat_get_xact_tuples_fetched(c)) "
+          "FROM (SELECT 'warp.work_queue'::regclass::oid AS c UNION ALL SELECT indexrelid "
+          "FROM pg_index WHERE indrelid = 'warp.work_queue'::regclass) t")
+          .at(0));
+  EXPECT_LE(read, 2 * (kLimit + kLimit * 5 / 4) + 20);
+  Sql(b(), "COMMIT");
+}
+
 TEST_F(DispatchSql, ACompletionBatchReadsTheLeasesItNamesNotTheWholeHistory) {
   constexpr int kHistory = 40000;  // released leases of earlier work
   constexpr int kBatch = 1000;     // open leases completed in one call

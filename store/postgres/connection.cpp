@@ -437,9 +437,14 @@ std::string_view Result::ColumnName(int column) const {
 }
 
 std::optional<int> Result::FindColumn(std::string_view name) const {
-  for (int c = 0; c < columns(); ++c) {
-    if (PQfname(result_.get(), c) == name)
-      return c;
+  if (names_.empty() && columns() > 0) {
+    names_.reserve(static_cast<std::size_t>(columns()));
+    for (int c = 0; c < columns(); ++c)
+      names_.emplace_back(PQfname(result_.get(), c));
+  }
+  for (std::size_t c = 0; c < names_.size(); ++c) {
+    if (names_[c] == name)
+      return static_cast<int>(c);
   }
   return std::nullopt;
 }

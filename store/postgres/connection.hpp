@@ -173,6 +173,8 @@ class Result {
   void Check(int row, int column) const;
 
   std::unique_ptr<pg_result, Deleter> result_;
+  /// The column names, read from the result once (FindColumn runs per field of every row).
+  mutable std::vector<std::string_view> names_;
 };
 
 /// One libpq connection driven by the executor. Not copyable or movable (operations in flight
