@@ -152,9 +152,10 @@ void Scheduler::OnTick(std::optional<std::int64_t> slot) {
     ++overruns_;
     if (slot)
       deferred_tick_ = DeferredTick{*slot, settings_.interval};
-    log_.Warn(Event::kCycleOverrun, {.cycle_id = last_report_.cycle_id},
-              "tick skipped: the previous cycle is still running ({} overrun(s) so far){}",
-              overruns_, slot ? "; this slot's cycle starts when it ends" : "");
+    log_.Warn(Event::kCycleOverrun, {.cycle_id = running_cycle_id_},
+              "tick skipped: cycle {} is still running ({} overrun(s) so far){}",
+              running_cycle_id_.empty() ? std::string("(starting)") : running_cycle_id_, overruns_,
+              slot ? "; this slot's cycle starts when it ends" : "");
     return;
   }
   // Marked before the coroutine starts, so a second tick queued behind this one sees it.
@@ -219,6 +220,7 @@ store::Task<CycleReport> Scheduler::RunCycle(std::optional<std::int64_t> slot) {
   }
   last_report_ = report;
   cycle_running_ = false;
+  running_cycle_id_.clear();
   if (on_cycle_)
     on_cycle_(report);
   NotifyIfIdle();
@@ -243,6 +245,7 @@ store::Task<CycleReport> Scheduler::RunCycleUnguarded(std::optional<std::int64_t
   const auto index = slot.value_or(SlotAt(now, settings_.interval).index);
   report.slot = index;
   report.cycle_id = CycleId(daemon_.group, settings_.interval, index);
+  running_cycle_id_ = report.cycle_id;
 
   // Arguments of co_await'ed calls are named locals: GCC 12 destroys a braced temporary
   // twice when it is passed by value into a coroutine inside a co_await expression.

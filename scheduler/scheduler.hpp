@@ -179,6 +179,7 @@ class Scheduler {
   std::mt19937_64 jitter_rng_{std::random_device{}()};
   bool ticking_ = false;
   bool cycle_running_ = false;
+  std::string running_cycle_id_;  ///< the running cycle's, once it has named its slot
   std::uint64_t overruns_ = 0;
   /// The latest slot whose tick came while a cycle ran, and the interval it is a slot of.
   struct DeferredTick {
