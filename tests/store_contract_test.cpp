@@ -1017,6 +1017,12 @@ TEST_P(StoreContract, LeaseBoundOfOneIsEnforced) {
   EXPECT_THAT(DecisionsOf(claims),
               ElementsAre(Decision::kDispatched, Decision::kDeferredLeaseHeld));
   EXPECT_FALSE(claims[1].lease);
+  // A deferred candidate comes with its item as it was: still pending, no attempt counted.
+  ASSERT_TRUE(claims[1].item);
+  EXPECT_EQ(claims[1].item->work_item_id, second.work_item_id);
+  EXPECT_EQ(claims[1].item->state, WorkState::kPending);
+  EXPECT_EQ(claims[1].item->attempts, 0);
+  EXPECT_FALSE(claims[1].item->lease_id);
   EXPECT_THAT(ActiveLeases(agent), SizeIs(1));
 
   // A later cycle, while the lease is live, defers it again.

@@ -95,8 +95,6 @@ constexpr const char* kWorkByKey =
 constexpr const char* kAgentExists = "SELECT 1 FROM warp.agents WHERE agent_slug = $1";
 constexpr const char* kGetWork =
     "SELECT " WARP_WORK_COLUMNS " FROM warp.work_items WHERE work_item_id = $1::bigint";
-constexpr const char* kWorkByIds =
-    "SELECT " WARP_WORK_COLUMNS " FROM warp.work_items WHERE work_item_id = ANY($1::bigint[])";
 constexpr const char* kListWork = "SELECT " WARP_WORK_COLUMNS
                                   " FROM warp.work_items WHERE $1::text IS NULL OR state = $1 "
                                   "ORDER BY work_item_id";
@@ -140,20 +138,24 @@ constexpr const char* kListDecisions =
         "at") " AS at_us FROM warp.dispatch_decisions WHERE $1 = '' OR cycle_id = $1 "
               "ORDER BY at, work_item_id";
 
-constexpr const char* kClaimDispatches =
-    "SELECT idx, recorded, decision, reason, attempt, " WARP_US("at") " AS at_us, lease_id, "
-    "fencing_token, " WARP_US("expires_at") " AS expires_us "
-    "FROM warp.claim_dispatches($1::bigint, $2, $3, " WARP_MS("$4") ", $5::bigint[], "
-    "$6::bigint[], $7::integer[], $8::text[], $9::text[], " WARP_MS("$10") ", " WARP_MS("$11") ")";
+// Each recorded candidate comes with its item as the claim left it (migration 0013); the
+// claim's lease_id is renamed, so that the item's columns are unambiguous.
+#define WARP_CLAIM_QUERY(args) \
+  "SELECT c.idx, c.recorded, c.decision, c.reason, c.attempt, " WARP_US("c.at") " AS at_us, "     \
+  "c.granted_lease, c.fencing_token, " WARP_US("c.expires_at") " AS expires_us, "                 \
+  WARP_WORK_COLUMNS " FROM (SELECT idx, recorded, decision, reason, attempt, at, "                \
+  "lease_id AS granted_lease, fencing_token, expires_at, item FROM warp.claim_dispatches(" args   \
+  ")) c LEFT JOIN LATERAL (SELECT (c.item).*) i ON true ORDER BY c.idx"
+
+constexpr const char* kClaimDispatches = WARP_CLAIM_QUERY("$1::bigint, $2, $3, " WARP_MS(
+    "$4") ", $5::bigint[], $6::bigint[], $7::integer[], "
+          "$8::text[], $9::text[], " WARP_MS("$10") ", " WARP_MS("$11"));
 
 // The same with per-candidate notify channels (the notify runner; migration *_notify.sql):
 // pg_notify in the claim's own transaction.
-constexpr const char* kClaimDispatchesNotify =
-    "SELECT idx, recorded, decision, reason, attempt, " WARP_US("at") " AS at_us, lease_id, "
-    "fencing_token, " WARP_US("expires_at") " AS expires_us "
-    "FROM warp.claim_dispatches($1::bigint, $2, $3, " WARP_MS("$4") ", $5::bigint[], "
-    "$6::bigint[], $7::integer[], $8::text[], $9::text[], " WARP_MS("$10") ", " WARP_MS("$11") ", "
-    "$12::text[])";
+constexpr const char* kClaimDispatchesNotify = WARP_CLAIM_QUERY("$1::bigint, $2, $3, " WARP_MS(
+    "$4") ", $5::bigint[], $6::bigint[], $7::integer[], "
+          "$8::text[], $9::text[], " WARP_MS("$10") ", " WARP_MS("$11") ", $12::text[]");
 
 constexpr const char* kRenewLeases =
     "SELECT lease_id, " WARP_US("expires_at") " AS expires_us "
@@ -590,7 +592,6 @@ Task<std::vector<DispatchClaim>> PostgresStore::ClaimDispatches(DispatchBatch ba
     params.push_back(ArrayLiteral(channels));
   auto r = co_await Query(notify ? kClaimDispatchesNotify : kClaimDispatches, std::move(params));
 
-  std::vector<std::int64_t> recorded_items;
   for (int i = 0; i < r.rows(); ++i) {
     const auto idx = static_cast<std::size_t>(r.GetInt64(i, "idx") - 1);
     const auto& c = batch.candidates.at(idx);
@@ -598,7 +599,6 @@ Task<std::vector<DispatchClaim>> PostgresStore::ClaimDispatches(DispatchBatch ba
     claim.recorded = r.GetBool(i, "recorded");
     if (!claim.recorded)
       continue;
-    recorded_items.push_back(c.work_item_id);
     DispatchDecision& d = claim.decision;
     d.run_id = batch.run_id;
     d.cycle_id = batch.cycle_id;
@@ -608,7 +608,7 @@ Task<std::vector<DispatchClaim>> PostgresStore::ClaimDispatches(DispatchBatch ba
     d.decision = ParseOrThrow(r.GetString(i, "decision"), &ParseDecision);
     d.reason = r.GetString(i, "reason");
     d.at = FromUs(r.GetInt64(i, "at_us"));
-    d.lease_id = r.GetOptionalInt64(i, r.Column("lease_id"));
+    d.lease_id = r.GetOptionalInt64(i, r.Column("granted_lease"));
     if (d.lease_id) {
       store::Lease lease;
       lease.lease_id = *d.lease_id;
@@ -621,20 +621,8 @@ Task<std::vector<DispatchClaim>> PostgresStore::ClaimDispatches(DispatchBatch ba
       lease.expires_at = FromUs(r.GetInt64(i, "expires_us"));
       claim.lease = lease;
     }
-  }
-  if (!recorded_items.empty()) {
-    Params params{ArrayLiteral(recorded_items)};
-    auto rows = co_await Query(kWorkByIds, std::move(params));
-    std::unordered_map<WorkItemId, WorkItem> by_id;
-    for (auto& w : WorkRows(rows))
-      by_id.emplace(w.work_item_id, std::move(w));
-    for (auto& claim : out) {
-      if (!claim.recorded)
-        continue;
-      if (auto it = by_id.find(claim.decision.work_item_id); it != by_id.end()) {
-        claim.item = it->second;
-      }
-    }
+    if (!r.IsNull(i, "work_item_id"))
+      claim.item = WorkAt(r, i);
   }
   co_return out;
 }
