@@ -31,7 +31,7 @@ def main(path):
             fields = [w.split("=", 1) for w in words
                       if "=" in w and not w.startswith("decisions=")]
             ident = name + tuple(f"{k}={v}" for k, v in fields
-                                 if k in ("instances", "clients", "agents", "jobs", "bound")
+                                 if k in ("instances", "lanes", "clients", "agents", "jobs", "bound")
                                  or not is_number(v))
             values = figures.setdefault(ident, {})
             if ident not in order:

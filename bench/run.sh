@@ -4,6 +4,8 @@
 #   bench/throughput.sh  warpd end to end, null runner, 1 and 4 instances; then (SKIP name
 #                        `runners`) the http runner against a trivial local receiver and the
 #                        notify runner with a LISTEN agent, 1 instance, RUNNER_ITEMS items
+#   bench/ceiling.sh     warpd's own claim and completion SQL alone, in 1 and 2 server-side
+#                        lanes: what warpd's design can reach here with no daemon around it
 #   bench/pgbench/run.sh the database's limit for the same per-item SQL, single and batched
 #   bench/peers/run.sh   graphile-worker, default and best documented configuration
 #   bench/idle.sh        an idle warpd at 100,000 agents
@@ -12,7 +14,7 @@
 #
 #   bench/run.sh                  # needs a build in build/ (scripts/build.sh) and Node.js
 # Environment: RUNS (3), BUILD_DIR (build/), SKIP ("" or names among: throughput runners
-# pgbench peers idle), RUNNER_ITEMS (50000), plus the knobs of each script (AGENTS, ITEMS, ...).
+# ceiling pgbench peers idle), RUNNER_ITEMS (50000), plus the knobs of each script (AGENTS, ITEMS, ...).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 runs=${RUNS:-3}
@@ -54,6 +56,8 @@ for run in $(seq 1 "$runs"); do
   round throughput "$root/bench/throughput.sh" "$dsn" 4
   round runners env RUNNER=http ITEMS="${RUNNER_ITEMS:-50000}" "$root/bench/throughput.sh" "$dsn" 1
   round runners env RUNNER=notify ITEMS="${RUNNER_ITEMS:-50000}" "$root/bench/throughput.sh" "$dsn" 1
+  round ceiling "$root/bench/ceiling.sh" "$dsn" 1
+  round ceiling "$root/bench/ceiling.sh" "$dsn" 2
   round pgbench "$root/bench/pgbench/run.sh" "$dsn"
   round peers "$root/bench/peers/run.sh" "$dsn"
   round idle "$root/bench/idle.sh" "$dsn"

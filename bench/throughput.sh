@@ -55,18 +55,7 @@ trap cleanup EXIT
 
 admin -c "CREATE DATABASE $db"
 "$build/warpctl/warpctl" --dsn "$bench_dsn" --migrations "$root/migrations" migrate up >/dev/null
-sql "INSERT INTO warp.tool_profiles (tool_profile_id, operations) VALUES ('bench', '{noop}')"
-sql "INSERT INTO warp.agents (agent_slug, tool_profile_id, runner, business_link)
-     SELECT 'agent-' || g, 'bench', 'noop', 'spindle:bench/' || g FROM generate_series(1, $agents) g"
-# Round-robin over agents (item n belongs to agent n mod AGENTS), all due a minute ago.
-sql "INSERT INTO warp.work_items (agent_id, kind, due_at, idempotency_key, max_attempts)
-     SELECT a.agent_id, 'noop', now() - interval '1 minute', 'bench-' || g, 3
-       FROM generate_series(0, $items - 1) g
-       JOIN warp.agents a ON a.agent_slug = 'agent-' || (g % $agents + 1)
-      ORDER BY g"
-# Only the seeded tables: ANALYZE of the still-empty lease and decision tables would make the
-# foreign-key checks of long-lived sessions plan sequential scans (see docs/BENCHMARKS.md).
-sql "VACUUM ANALYZE warp.agents, warp.work_items" >/dev/null
+psql "$bench_dsn" -X -q -v agents="$agents" -v items="$items" -f "$root/bench/seed.sql"
 
 # The runner every agent uses ("noop" is the agents' runner name whatever its transport), and
 # the receiving side of http and notify.
