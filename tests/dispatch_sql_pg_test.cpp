@@ -50,6 +50,19 @@ std::string FailureOf(PGconn* conn, const std::string& sql) {
   }
 }
 
+/// Rows and index entries of `table` (and its indexes) read so far in the current transaction
+/// of `conn`, as the server counts them (pg_stat_get_xact_tuples_returned + _fetched).
+int RowsRead(PGconn* conn, const std::string& table) {
+  return std::stoi(Sql(conn,
+                       "SELECT sum(pg_stat_get_xact_tuples_returned(c) + "
+                       "pg_stat_get_xact_tuples_fetched(c)) FROM (SELECT '" +
+                           table +
+                           "'::regclass::oid AS c UNION ALL SELECT indexrelid "
+                           "FROM pg_index WHERE indrelid = '" +
+                           table + "'::regclass) t")
+                       .at(0));
+}
+
 class DispatchSql : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -309,12 +322,7 @@ TEST_F(DispatchSql, TheDueScanReadsOnlyItsLimitOfQueuedItemsWhenTheirAgentsHaveR
   // Queue rows and index entries read, counted by the server for this transaction: an index
   // entry and a row per item taken. A scan of kDueScanFactor times the limit reads 4 times that,
   // a bitmap scan (chosen on a queue never analyzed, as here) all 2,000.
-  const auto read = std::stoi(
-      Sql(b(),
-          "SELECT sum(pg_stat_get_xact_tuples_returned(c) + pg_stat_get_xact_tuples_fetched(c)) "
-          "FROM (SELECT 'warp.work_queue'::regclass::oid AS c UNION ALL SELECT indexrelid "
-          "FROM pg_index WHERE indrelid = 'warp.work_queue'::regclass) t")
-          .at(0));
+  const auto read = RowsRead(b(), "warp.work_queue");
   EXPECT_LE(read, 2 * kLimit + 10);
   Sql(b(), "COMMIT");
 }
@@ -345,12 +353,7 @@ TEST_F(DispatchSql, ADueScanShortByAFewItemsLooksAQuarterFurtherNotFourTimes) {
       std::vector<std::string>{std::to_string(kLimit) + "/4"});
   // A first pass of 100 and a second of 125 (a quarter more): an index entry and a row each.
   // The wide pass of 0010, 400, made 1,000 in all.
-  const auto read = std::stoi(
-      Sql(b(),
-          "SELECT sum(pg_stat_get_xact_tuples_returned(c) + pg_stat_get_xact_tuples_fetched(c)) "
-          "FROM (SELECT 'warp.work_queue'::regclass::oid AS c UNION ALL SELECT indexrelid "
-          "FROM pg_index WHERE indrelid = 'warp.work_queue'::regclass) t")
-          .at(0));
+  const auto read = RowsRead(b(), "warp.work_queue");
   EXPECT_LE(read, 2 * (kLimit + kLimit * 5 / 4) + 20);
   Sql(b(), "COMMIT");
 }
@@ -406,12 +409,7 @@ TEST_F(DispatchSql, ACompletionBatchReadsTheLeasesItNamesNotTheWholeHistory) {
   // Lease rows and index entries read in this transaction, as the server counts them: 8 per
   // lease of the batch (row locks, lock keys, judgement, release), whatever the history.
   // Joined by hashing, as before 0011, two joins read every lease: 168,000 in all here.
-  const auto read = std::stoi(
-      Sql(b(),
-          "SELECT sum(pg_stat_get_xact_tuples_returned(c) + pg_stat_get_xact_tuples_fetched(c)) "
-          "FROM (SELECT 'warp.agent_leases'::regclass::oid AS c UNION ALL SELECT indexrelid "
-          "FROM pg_index WHERE indrelid = 'warp.agent_leases'::regclass) t")
-          .at(0));
+  const auto read = RowsRead(b(), "warp.agent_leases");
   EXPECT_LE(read, 10 * kBatch) << "lease rows and index entries read";
   Sql(b(), "COMMIT");
   EXPECT_EQ(Sql(a(), "SELECT count(*) FROM warp.work_items WHERE state = 'done'"),
@@ -452,18 +450,8 @@ TEST_F(DispatchSql, TriggerStatementsReadWhatChangedNotTheWholeSideTableWhatever
                 "FROM warp.open_leases"),
             std::vector<std::string>{rows + "/" + std::to_string(kRows + 3)});
 
-  // Side-table rows and index entries read, counted by the server for the current transaction
-  // (b(): its first use of the triggers, so they plan now, with these statistics).
-  const auto read = [&](const std::string& table) {
-    return std::stoi(Sql(b(),
-                         "SELECT sum(pg_stat_get_xact_tuples_returned(c) + "
-                         "pg_stat_get_xact_tuples_fetched(c)) FROM (SELECT '" +
-                             table +
-                             "'::regclass::oid AS c UNION ALL SELECT indexrelid "
-                             "FROM pg_index WHERE indrelid = '" +
-                             table + "'::regclass) t")
-                         .at(0));
-  };
+  // Side-table rows read are counted in b()'s transaction: its first use of the triggers, so
+  // they plan now, with these statistics.
   Sql(b(), "BEGIN");
   Sql(b(),
       "UPDATE warp.agent_leases SET released_at = now(), release_reason = 'completed' "
@@ -473,8 +461,8 @@ TEST_F(DispatchSql, TriggerStatementsReadWhatChangedNotTheWholeSideTableWhatever
                std::to_string(3 + kChanged));
   // Each changed row's side-table row is found (an index entry and a row) and deleted (the
   // row again); walking the table would read all kRows index entries and rows.
-  EXPECT_LE(read("warp.open_leases"), 3 * kChanged) << "of " << kRows;
-  EXPECT_LE(read("warp.work_queue"), 3 * kChanged) << "of " << kRows;
+  EXPECT_LE(RowsRead(b(), "warp.open_leases"), 3 * kChanged) << "of " << kRows;
+  EXPECT_LE(RowsRead(b(), "warp.work_queue"), 3 * kChanged) << "of " << kRows;
   Sql(b(), "COMMIT");
   EXPECT_EQ(Sql(a(),
                 "SELECT count(*) || '/' || (SELECT count(*) FROM warp.work_queue) "
