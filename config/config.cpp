@@ -398,11 +398,11 @@ class Compiler {
                              const Field<std::string>& second, std::string second_message) const {
     if (first) {
       FailAt(*first, std::move(first_message));
-    }
-    if (second) {
+    } else if (second) {
       FailAt(*second, std::move(second_message));
+    } else {
+      Fail(file_, Position{}, "", std::move(second_message));
     }
-    Fail(file_, Position{}, "", std::move(second_message));
   }
 
   DaemonSettings Daemon(const RawDaemon& raw) const {

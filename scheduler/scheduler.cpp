@@ -315,6 +315,7 @@ store::Task<void> Scheduler::HeartbeatRun(CycleReport& report, std::shared_ptr<R
     beat->timer.expires_after(every);
     boost::system::error_code ec;
     co_await beat->timer.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+    // cppcheck-suppress oppositeInnerCondition ; the cycle may have ended while we waited
     if (beat->done)
       break;
     try {
@@ -524,7 +525,7 @@ void Scheduler::StartDispatch(const store::DispatchClaim& claim, const store::Ag
 
   auto runner = runners.at(agent.runner);
   const auto lease_id = lease.lease_id;
-  lease_keeper_.Hold(lease, agent.agent_slug, [this, lease_id](std::string reason) {
+  lease_keeper_.Hold(lease, agent.agent_slug, [this, lease_id](const std::string& reason) {
     auto it = inflight_.find(lease_id);
     if (it == inflight_.end())
       return;

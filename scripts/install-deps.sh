@@ -13,6 +13,7 @@ packages=(
   nlohmann-json3-dev
   libcli11-dev
   libgtest-dev libgmock-dev
+  clang-format cppcheck
   postgresql-15 postgresql-client-15
   python3
   procps util-linux

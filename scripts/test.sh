@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then
+#  0. runs the static checks (scripts/lint.sh: clang-format, cppcheck);
 #  1. builds warpd and warpctl as shipped (RelWithDebInfo, no tests) into build-release/ and
 #     packs them into a .deb (CPack), which the systemd system test installs into its sandbox;
 #  2. builds every test with AddressSanitizer + UndefinedBehaviorSanitizer into build-asan/;
@@ -11,6 +12,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-deps.sh"
+
+echo "== static checks =="
+"$root/scripts/lint.sh"
 
 echo "== build warpd, warpctl and their package (RelWithDebInfo) =="
 WARP_TEST_DEB=$(BUILD_DIR="$root/build-release" "$root/scripts/package.sh")
